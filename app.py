@@ -1,0 +1,72 @@
+"""image2model: `python app.py` serves the page at / and the REST API at /api/v1 on port 7860.
+
+One FastAPI app: our routes first, then the Gradio Blocks mounted at "/" (routes added after
+the mount would be shadowed by it). The embedded huey consumer runs inside this process
+unless REDIS_URL points the work at separate `huey_consumer` machines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+
+from image2model.config import get_settings
+from image2model.logs import setup_logging
+from image2model.runtime import Runtime, get_runtime
+from image2model.web.api import build_api
+from image2model.web.ui import UI_CSS, UI_HEAD, UI_THEME, build_ui
+
+log = logging.getLogger("image2model.app")
+
+
+def create_app(runtime: Runtime | None = None) -> FastAPI:
+    runtime = runtime or get_runtime()
+    settings = runtime.settings
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if settings.run_embedded_worker:
+            runtime.start_consumer()
+        log.info("image2model ready: data_dir=%s queue=%s fal=%s", settings.data_dir,
+                 "redis" if settings.use_redis else "sqlite", "configured" if settings.fal_configured else "off")
+        try:
+            yield
+        finally:
+            runtime.stop_consumer()  # drain in-flight items; results are written atomically
+
+    app = FastAPI(title="image2model", version="1.0", lifespan=lifespan,
+                  description="Turn photos into 3D models.")
+    build_api(app, runtime)
+    blocks = build_ui(runtime)
+    return gr.mount_gradio_app(
+        app, blocks, path="/",
+        allowed_paths=[str(runtime.files.root)],
+        max_file_size=int(settings.max_image_mb * 1024 * 1024),
+        theme=UI_THEME, css=UI_CSS, head=UI_HEAD,
+        footer_links=["api"],
+        show_error=True,
+    )
+
+
+def server_port() -> int:
+    for name in ("PORT", "GRADIO_SERVER_PORT"):
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return 7860
+
+
+def main() -> None:
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    uvicorn.run(create_app(), host=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), port=server_port(),
+                log_config=None, timeout_graceful_shutdown=30)
+
+
+if __name__ == "__main__":
+    main()

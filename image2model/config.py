@@ -1,0 +1,91 @@
+"""Every setting, read from the environment (and an optional `.env`).
+
+`.env.example` and the README list the same names with the same defaults; change all three
+together.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    """A Space with persistent storage mounts /data; everywhere else use ./data."""
+    space_storage = Path("/data")
+    if space_storage.is_dir() and os.access(space_storage, os.W_OK):
+        return space_storage
+    return Path("data").resolve()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # FAL.AI. Without a key the FAL models are listed as unavailable and the offline model is used.
+    fal_key: str = Field(default="", repr=False)
+    # Redis switches the queue, the job store and the rate limits to Redis together.
+    redis_url: str = Field(default="", repr=False)
+    data_dir: Path = Field(default_factory=_default_data_dir)
+
+    # Limits on a submission.
+    max_images: int = Field(default=25, ge=1, le=1000)
+    max_image_mb: float = Field(default=20.0, gt=0)
+    max_image_pixels: int = Field(default=50_000_000, ge=1)  # decompression-bomb guard
+    fal_max_side: int = Field(default=2048, ge=64)  # larger images are downscaled before upload
+    max_result_mb: float = Field(default=200.0, gt=0)
+    fal_images_per_hour: int = Field(default=200, ge=0)  # spending guard across everyone; 0 = off
+
+    # Workers. The work is mostly waiting on HTTP, so one thread per image of a full job.
+    workers: int = Field(default=25, ge=1, le=256)
+    embedded_worker: bool | None = None  # None: on unless REDIS_URL is set
+    default_model: str = ""  # empty: a FAL model with a key, the offline model without
+
+    # Reliability.
+    item_deadline_seconds: float = Field(default=900.0, gt=0)
+    fal_retries: int = Field(default=4, ge=0, le=20)
+    retry_base_seconds: float = Field(default=2.0, ge=0)
+    retry_max_seconds: float = Field(default=60.0, ge=0)
+    fal_poll_seconds: float = Field(default=1.0, gt=0)
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    stale_after_seconds: float = Field(default=60.0, gt=0)
+    max_item_attempts: int = Field(default=3, ge=1)  # worker crashes tolerated per item
+
+    # Housekeeping.
+    retention_hours: float = Field(default=24.0, gt=0)
+
+    # Web (used by later layers; listed here so every setting lives in one place).
+    port: int = Field(default=7860, validation_alias="PORT")
+    log_level: str = "INFO"
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def use_redis(self) -> bool:
+        return bool(self.redis_url)
+
+    @property
+    def run_embedded_worker(self) -> bool:
+        if self.embedded_worker is None:
+            return not self.use_redis
+        return self.embedded_worker
+
+    @property
+    def fal_configured(self) -> bool:
+        return bool(self.fal_key.strip())
+
+    @property
+    def retention_seconds(self) -> float:
+        return self.retention_hours * 3600.0
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests call `get_settings.cache_clear()` after changing env."""
+    return Settings()

@@ -1,0 +1,156 @@
+"""The job record: plain dataclasses that round-trip through JSON.
+
+Both stores keep exactly these records, so every reader (page, Gradio API, REST, SSE) sees the
+same shape. A job's aggregate state and progress are derived from its items, never stored, so
+they cannot drift.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class ItemState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({ItemState.SUCCEEDED, ItemState.FAILED, ItemState.CANCELLED})
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"  # finished, some items failed
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+class Mode(StrEnum):
+    PER_IMAGE = "per_image"  # one model per image
+    MULTI_VIEW = "multi_view"  # one model from several views of one object
+
+
+@dataclass
+class ResultFile:
+    name: str  # file name inside the job's results directory, e.g. "shoe.glb"
+    kind: str  # "model" or "preview"
+    size: int
+    content_type: str
+
+
+@dataclass
+class ItemError:
+    code: str
+    message: str
+
+
+@dataclass
+class Item:
+    index: int
+    name: str  # the original file name (or "a + b + c" for a multi-view item)
+    stem: str  # unique base name for this item's results: "shoe" gives "shoe.glb"
+    inputs: list[str]  # stored input file names, in view order
+    state: ItemState = ItemState.QUEUED
+    progress: float = 0.0
+    message: str = "Waiting for a worker"
+    queued_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    heartbeat_at: float | None = None
+    attempts: int = 0  # how many times a worker has taken this item
+    worker: str | None = None
+    request_id: str | None = None  # FAL's request id, stored before waiting on it
+    files: list[ResultFile] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    error: ItemError | None = None
+
+    @property
+    def model_file(self) -> ResultFile | None:
+        return next((f for f in self.files if f.kind == "model"), None)
+
+    @property
+    def preview_file(self) -> ResultFile | None:
+        return next((f for f in self.files if f.kind == "preview"), None)
+
+    @property
+    def elapsed(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or time.time()) - self.started_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Item:
+        data = dict(data)
+        data["state"] = ItemState(data["state"])
+        data["files"] = [ResultFile(**f) for f in data.get("files") or []]
+        data["error"] = ItemError(**data["error"]) if data.get("error") else None
+        return cls(**data)
+
+
+@dataclass
+class Job:
+    id: str
+    model: str
+    mode: Mode
+    params: dict[str, Any]
+    items: list[Item]
+    owner: str = ""  # who created it (an API key's id); empty for open access
+    created_at: float = field(default_factory=time.time)
+    cancel_requested: bool = False
+    version: int = 0  # bumped on every change; readers wait for it to move
+
+    @property
+    def state(self) -> JobState:
+        states = [item.state for item in self.items]
+        if not all(s.terminal for s in states):
+            if all(s == ItemState.QUEUED for s in states):
+                return JobState.QUEUED
+            return JobState.RUNNING
+        if all(s == ItemState.SUCCEEDED for s in states):
+            return JobState.SUCCEEDED
+        if self.cancel_requested:
+            return JobState.CANCELLED
+        if not any(s == ItemState.SUCCEEDED for s in states):
+            return JobState.FAILED
+        return JobState.PARTIAL
+
+    @property
+    def progress(self) -> float:
+        if not self.items:
+            return 0.0
+        done = [100.0 if i.state.terminal else i.progress for i in self.items]
+        return round(sum(done) / len(done), 1)
+
+    def item(self, index: int) -> Item:
+        return self.items[index]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("items")
+        return data
+
+    @classmethod
+    def from_dicts(cls, job: dict[str, Any], items: list[dict[str, Any]]) -> Job:
+        job = dict(job)
+        job["mode"] = Mode(job["mode"])
+        parsed = sorted((Item.from_dict(i) for i in items), key=lambda i: i.index)
+        return cls(items=parsed, **job)

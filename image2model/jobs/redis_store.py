@@ -1,0 +1,273 @@
+"""The distributed job store: Redis hashes, with pub/sub for change events.
+
+Keys (all under `i2m:`): `job:<id>` (meta JSON + version), `items:<id>` (index -> item JSON),
+`running` (a set of "<id>|<index>" for the reaper), `created` (a sorted set for cleanup),
+`durations`, `reservations`. Item updates run as one Lua script, so the compare-and-set,
+the version bump and the change event are a single atomic step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from image2model.jobs.model import Item, ItemState, Job
+from image2model.jobs.store import JobStore, blend_duration, jsonable
+
+log = logging.getLogger(__name__)
+
+PREFIX = "i2m:"
+CHANNEL = PREFIX + "changes"
+
+UPDATE_ITEM = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return false end
+local item = cjson.decode(raw)
+if ARGV[3] ~= '' then
+  local ok = false
+  for _, s in ipairs(cjson.decode(ARGV[3])) do
+    if item.state == s then ok = true end
+  end
+  if not ok then return false end
+end
+if ARGV[4] ~= '' and item.worker ~= ARGV[4] then return false end
+for k, v in pairs(cjson.decode(ARGV[2])) do item[k] = v end
+local out = cjson.encode(item)
+redis.call('HSET', KEYS[1], ARGV[1], out)
+local member = ARGV[5] .. '|' .. ARGV[1]
+if item.state == 'running' then
+  redis.call('SADD', KEYS[3], member)
+else
+  redis.call('SREM', KEYS[3], member)
+end
+if ARGV[6] == '1' then
+  local v = redis.call('HINCRBY', KEYS[2], 'version', 1)
+  redis.call('PUBLISH', ARGV[7], ARGV[5] .. ' ' .. v)
+end
+return out
+"""
+
+RESERVE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local used = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  used = used + tonumber(string.match(member, ':(%d+)$'))
+end
+if used + tonumber(ARGV[2]) > tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[5] .. ':' .. ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return 1
+"""
+
+
+class RedisJobStore(JobStore):
+    def __init__(self, url: str, retention_seconds: float):
+        super().__init__(retention_seconds)
+        self.url = url
+        self.redis = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        self._update_item = self.redis.register_script(UPDATE_ITEM)
+        self._reserve = self.redis.register_script(RESERVE)
+        self._closed = threading.Event()
+        self._listener: threading.Thread | None = None
+        self._listener_lock = threading.Lock()
+        self.changes.on_first_waiter = self._ensure_listener
+
+    @staticmethod
+    def _job_key(job_id: str) -> str:
+        return f"{PREFIX}job:{job_id}"
+
+    @staticmethod
+    def _items_key(job_id: str) -> str:
+        return f"{PREFIX}items:{job_id}"
+
+    @property
+    def _ttl(self) -> int:
+        return max(1, int(self.retention_seconds))
+
+    # --- records --------------------------------------------------------------------------
+    def create(self, job: Job) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self._job_key(job.id), mapping={"meta": json.dumps(jsonable(job.to_dict())), "version": job.version})
+        pipe.hset(
+            self._items_key(job.id),
+            mapping={str(i.index): json.dumps(jsonable(i.to_dict())) for i in job.items},
+        )
+        pipe.expire(self._job_key(job.id), self._ttl)
+        pipe.expire(self._items_key(job.id), self._ttl)
+        pipe.zadd(PREFIX + "created", {job.id: job.created_at})
+        pipe.publish(CHANNEL, f"{job.id} {job.version}")
+        pipe.execute()
+
+    def get(self, job_id: str) -> Job | None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hgetall(self._job_key(job_id))
+        pipe.hgetall(self._items_key(job_id))
+        meta, items = pipe.execute()
+        if not meta or not items:
+            return None
+        job = json.loads(meta["meta"])
+        job["version"] = int(meta["version"])
+        return Job.from_dicts(job, [json.loads(v) for v in items.values()])
+
+    def version(self, job_id: str) -> int | None:
+        value = self.redis.hget(self._job_key(job_id), "version")
+        return int(value) if value is not None else None
+
+    def _run_update(
+        self,
+        job_id: str,
+        index: int,
+        patch: dict[str, Any],
+        expect_state: Iterable[ItemState] | None,
+        expect_worker: str | None,
+        bump: bool,
+    ) -> str | None:
+        states = json.dumps([str(s) for s in expect_state]) if expect_state is not None else ""
+        return self._update_item(
+            keys=[self._items_key(job_id), self._job_key(job_id), PREFIX + "running"],
+            args=[str(index), json.dumps(jsonable(patch)), states, expect_worker or "", job_id, "1" if bump else "0", CHANNEL],
+        )
+
+    def update_item(
+        self,
+        job_id: str,
+        index: int,
+        patch: dict[str, Any],
+        *,
+        expect_state: Iterable[ItemState] | None = None,
+        expect_worker: str | None = None,
+    ) -> Item | None:
+        raw = self._run_update(job_id, index, patch, expect_state, expect_worker, bump=True)
+        return Item.from_dict(json.loads(raw)) if raw else None
+
+    def touch(self, job_id: str, index: int, worker: str, now: float) -> bool:
+        raw = self._run_update(job_id, index, {"heartbeat_at": now}, [ItemState.RUNNING], worker, bump=False)
+        return raw is not None
+
+    def request_cancel(self, job_id: str) -> bool:
+        key = self._job_key(job_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.hget(key, "meta")
+                    if raw is None:
+                        pipe.unwatch()
+                        return False
+                    meta = json.loads(raw)
+                    meta["cancel_requested"] = True
+                    pipe.multi()
+                    pipe.hset(key, "meta", json.dumps(meta))
+                    pipe.hincrby(key, "version", 1)
+                    _, version = pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        self.redis.publish(CHANNEL, f"{job_id} {version}")
+        return True
+
+    def delete(self, job_id: str) -> None:
+        items = self.redis.hkeys(self._items_key(job_id))
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self._job_key(job_id), self._items_key(job_id))
+        pipe.zrem(PREFIX + "created", job_id)
+        if items:
+            pipe.srem(PREFIX + "running", *[f"{job_id}|{i}" for i in items])
+        pipe.execute()
+
+    # --- housekeeping ---------------------------------------------------------------------
+    def running_items(self) -> list[tuple[str, Item]]:
+        found: list[tuple[str, Item]] = []
+        for member in self.redis.smembers(PREFIX + "running"):
+            job_id, index = member.rsplit("|", 1)
+            raw = self.redis.hget(self._items_key(job_id), index)
+            if raw is None:
+                self.redis.srem(PREFIX + "running", member)  # the job expired
+                continue
+            item = Item.from_dict(json.loads(raw))
+            if item.state == ItemState.RUNNING:
+                found.append((job_id, item))
+        return found
+
+    def job_ids_created_before(self, timestamp: float) -> list[str]:
+        return list(self.redis.zrangebyscore(PREFIX + "created", "-inf", timestamp))
+
+    def all_job_ids(self) -> list[str]:
+        return list(self.redis.zrange(PREFIX + "created", 0, -1))
+
+    def record_duration(self, model: str, seconds: float) -> None:
+        key = PREFIX + "durations"
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    previous = pipe.hget(key, model)
+                    blended = blend_duration(float(previous) if previous else None, seconds)
+                    pipe.multi()
+                    pipe.hset(key, model, blended)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
+    def typical_duration(self, model: str) -> float | None:
+        value = self.redis.hget(PREFIX + "durations", model)
+        return float(value) if value is not None else None
+
+    def reserve_images(self, count: int, limit: int, window_seconds: float, now: float) -> bool:
+        allowed = self._reserve(
+            keys=[PREFIX + "reservations"],
+            args=[now - window_seconds, count, limit, now, uuid.uuid4().hex, int(window_seconds) + 1],
+        )
+        return bool(allowed)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        self._closed.set()
+        self.redis.close()
+
+    # --- change events --------------------------------------------------------------------
+    def _ensure_listener(self) -> None:
+        with self._listener_lock:
+            if self._listener is None or not self._listener.is_alive():
+                self._listener = threading.Thread(target=self._listen, name="i2m-redis-listen", daemon=True)
+                self._listener.start()
+
+    def _listen(self) -> None:
+        """One subscription per process fans change events out to every local reader."""
+        while not self._closed.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(CHANNEL)
+                # Wake everyone once after (re)subscribing: events may have been missed.
+                for job_id in self.changes.watched_jobs():
+                    version = self.version(job_id)
+                    if version is not None:
+                        self.changes.notify(job_id, version)
+                while not self._closed.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message and message.get("type") == "message":
+                        job_id, _, version = message["data"].partition(" ")
+                        self.changes.notify(job_id, int(version))
+            except (redis.RedisError, OSError, ValueError) as exc:
+                if self._closed.is_set():
+                    return
+                log.warning("change listener lost Redis, reconnecting: %s", exc)
+                time.sleep(1.0)
+            finally:
+                try:
+                    pubsub.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    pass

@@ -1,0 +1,237 @@
+"""The one door to jobs: every interface (page, Gradio API, REST) creates, reads, watches and
+cancels jobs only through `JobService`, so validation and limits hold everywhere."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from image2model.config import Settings
+from image2model.errors import AppError
+from image2model.jobs.model import Item, ItemState, Job, Mode
+from image2model.jobs.store import JobStore
+from image2model.media.images import inspect_image
+from image2model.providers.catalog import availability, catalog, get_model
+from image2model.storage import FileStore, safe_name, unique_stems
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_PREFIX = "/api/v1/download"
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str  # the file name the person chose
+    path: Path  # where its bytes are now (moved into the job's inputs when accepted)
+
+
+class JobService:
+    def __init__(self, store: JobStore, files: FileStore, settings: Settings,
+                 enqueue: Callable[[str, int], None]):
+        self.store = store
+        self.files = files
+        self.settings = settings
+        self.enqueue = enqueue
+
+    # --- create ---------------------------------------------------------------------------
+    def create_job(self, uploads: Sequence[Upload], model: str | None = None, mode: str | None = None,
+                   params: dict[str, Any] | None = None, owner: str = "") -> Job:
+        """Validate everything, then store and queue. Nothing is queued unless all is well."""
+        self._check_count(len(uploads))
+        spec = get_model(model, self.settings.fal_configured, self.settings.default_model)
+        job_mode = self._parse_mode(mode, spec.modes)
+        if job_mode == Mode.MULTI_VIEW and not spec.min_views <= len(uploads) <= spec.max_views:
+            raise AppError(
+                "wrong_view_count",
+                f"{spec.label} builds one model from {spec.min_views}"
+                f"{'' if spec.min_views == spec.max_views else f' to {spec.max_views}'} views "
+                f"({spec.view_order}); you sent {len(uploads)}.",
+                422, {"model": spec.id},
+            )
+        if params is not None and not isinstance(params, dict):
+            raise AppError("invalid_parameter", "Options must be a JSON object.", 422)
+        resolved = spec.validate_params(params)
+        names = [upload.name or f"image-{n + 1}" for n, upload in enumerate(uploads)]
+        for upload, name in zip(uploads, names):
+            self._check_file(upload.path, name)
+        if spec.provider == "fal":
+            self._reserve_spending(len(uploads))
+
+        job_id = uuid.uuid4().hex
+        stored = self._store_inputs(job_id, uploads, names)
+        items = self._make_items(job_mode, names, stored)
+        job = Job(id=job_id, model=spec.id, mode=job_mode, params=resolved, items=items, owner=owner)
+        self.store.create(job)
+        log.info("job created: %d images, %d items", len(uploads), len(items),
+                 extra={"job_id": job_id, "model": spec.id})
+        for item in items:
+            try:
+                self.enqueue(job_id, item.index)
+            except Exception as exc:  # the queue is down: say so, and leave nothing half-queued
+                log.exception("enqueue failed", extra={"job_id": job_id})
+                self.cancel(job_id)
+                raise AppError("queue_unavailable", "The work queue is not reachable right now; "
+                               "please try again in a minute.", 503) from exc
+        return job
+
+    def _check_count(self, count: int) -> None:
+        if count == 0:
+            raise AppError("no_images", "Please add at least one image.", 400)
+        if count > self.settings.max_images:
+            raise AppError("too_many_images", f"You sent {count} images; the limit is "
+                           f"{self.settings.max_images} per job.", 400,
+                           {"count": count, "limit": self.settings.max_images})
+
+    @staticmethod
+    def _parse_mode(mode: str | None, allowed: tuple[Mode, ...]) -> Mode:
+        if not mode:
+            return allowed[0]
+        try:
+            parsed = Mode(mode)
+        except ValueError:
+            raise AppError("invalid_mode", f"Unknown mode '{mode}': use per_image or multi_view.", 422) from None
+        if parsed not in allowed:
+            text = "several views" if parsed == Mode.MULTI_VIEW else "single images"
+            raise AppError("invalid_mode", f"This model does not take {text}; use "
+                           f"{' or '.join(str(m) for m in allowed)}.", 422)
+        return parsed
+
+    def _check_file(self, path: Path, name: str) -> None:
+        limit = int(self.settings.max_image_mb * 1024 * 1024)
+        size = path.stat().st_size
+        if size > limit:
+            raise AppError("file_too_large", f"'{name}' is {size / 1048576:.1f} MB; the limit is "
+                           f"{self.settings.max_image_mb:g} MB per image.", 413, {"file": name})
+        inspect_image(path, name, self.settings.max_image_pixels)
+
+    def _reserve_spending(self, count: int) -> None:
+        limit = self.settings.fal_images_per_hour
+        if limit and not self.store.reserve_images(count, limit, 3600.0, time.time()):
+            raise AppError("spending_limit", f"This server's limit of {limit} paid images an hour is "
+                           "used up; please try again later or use the offline model.", 429)
+
+    def _store_inputs(self, job_id: str, uploads: Sequence[Upload], names: list[str]) -> list[str]:
+        directory = self.files.inputs_dir(job_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        stored = []
+        for n, (upload, name) in enumerate(zip(uploads, names)):
+            target = f"{n:02d}-{safe_name(name)}"
+            shutil.copyfile(upload.path, directory / target)
+            stored.append(target)
+        return stored
+
+    @staticmethod
+    def _make_items(mode: Mode, names: list[str], stored: list[str]) -> list[Item]:
+        if mode == Mode.MULTI_VIEW:
+            stem = unique_stems(names[:1])[0]
+            return [Item(index=0, name=" + ".join(names), stem=stem, inputs=stored)]
+        return [Item(index=n, name=name, stem=stem, inputs=[file])
+                for n, (name, stem, file) in enumerate(zip(names, unique_stems(names), stored))]
+
+    # --- read -----------------------------------------------------------------------------
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job, or 404 when it does not exist, expired, or belongs to someone else."""
+        job = self.store.get(job_id) if isinstance(job_id, str) else None
+        if job is None or (owner is not None and job.owner != owner):
+            raise AppError("job_not_found", "No job with that id (it may have expired).", 404)
+        return job
+
+    def wait_for_change(self, job_id: str, since: int, timeout: float) -> int | None:
+        return self.store.wait_for_change(job_id, since, timeout)
+
+    async def wait_for_change_async(self, job_id: str, since: int, timeout: float) -> int | None:
+        return await self.store.wait_for_change_async(job_id, since, timeout)
+
+    # --- change ---------------------------------------------------------------------------
+    def cancel(self, job_id: str, owner: str | None = None) -> Job:
+        """Queued items never start; running ones stop (and FAL is told); finished ones stay."""
+        self.get(job_id, owner)
+        self.store.request_cancel(job_id)
+        job = self.get(job_id, owner)
+        for item in job.items:
+            if item.state == ItemState.QUEUED:
+                self.store.update_item(job_id, item.index,
+                                       {"state": ItemState.CANCELLED, "message": "Cancelled",
+                                        "finished_at": time.time()},
+                                       expect_state=[ItemState.QUEUED])
+        log.info("job cancel requested", extra={"job_id": job_id})
+        return self.get(job_id, owner)
+
+    def delete(self, job_id: str, owner: str | None = None) -> None:
+        self.cancel(job_id, owner)
+        self.files.delete_job(job_id)
+        self.store.delete(job_id)
+        log.info("job deleted", extra={"job_id": job_id})
+
+    # --- describe -------------------------------------------------------------------------
+    def models(self) -> list[dict[str, Any]]:
+        default = get_default_model_id(self.settings)
+        described = []
+        for spec in catalog().values():
+            available, reason = availability(spec, self.settings.fal_configured)
+            entry = spec.to_dict(available, reason)
+            entry["default"] = spec.id == default
+            described.append(entry)
+        return described
+
+    def status(self, job: Job) -> dict[str, Any]:
+        """The public status shape, shared by the Gradio API, REST and SSE."""
+        return job_status(job)
+
+
+def get_default_model_id(settings: Settings) -> str:
+    return get_model(None, settings.fal_configured, settings.default_model).id
+
+
+def file_url(job_id: str, name: str) -> str:
+    return f"{DOWNLOAD_PREFIX}/{job_id}/{name}"
+
+
+def job_status(job: Job) -> dict[str, Any]:
+    counts = {state.value: 0 for state in ItemState}
+    for item in job.items:
+        counts[item.state.value] += 1
+    state = job.state
+    return {
+        "job_id": job.id,
+        "task_id": job.id,
+        "state": state.value,
+        "finished": state.terminal,
+        "progress": job.progress,
+        "model": job.model,
+        "mode": job.mode.value,
+        "params": job.params,
+        "created_at": job.created_at,
+        "version": job.version,
+        "counts": counts,
+        "items": [item_status(job.id, item) for item in job.items],
+    }
+
+
+def item_status(job_id: str, item: Item) -> dict[str, Any]:
+    return {
+        "index": item.index,
+        "name": item.name,
+        "state": item.state.value,
+        "progress": 100.0 if item.state == ItemState.SUCCEEDED else item.progress,
+        "message": item.message,
+        "queued_at": item.queued_at,
+        "started_at": item.started_at,
+        "finished_at": item.finished_at,
+        "elapsed": round(item.elapsed, 2) if item.elapsed is not None else None,
+        "attempts": item.attempts,
+        "fal_request_id": item.request_id,
+        "files": [
+            {"name": f.name, "kind": f.kind, "size": f.size, "content_type": f.content_type,
+             "url": file_url(job_id, f.name)}
+            for f in item.files
+        ],
+        "stats": item.stats,
+        "error": {"code": item.error.code, "message": item.error.message} if item.error else None,
+    }

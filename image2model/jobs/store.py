@@ -1,0 +1,133 @@
+"""The job store interface, shared by the SQLite and Redis backends.
+
+Writers are the job service (create, cancel, delete) and worker tasks (claim, progress,
+results). Item updates are compare-and-set on the item's state and owning worker, so a
+worker that was presumed dead and replaced can no longer overwrite its successor's work,
+and a cancel cannot race a claim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+from image2model.jobs.changes import ChangeHub
+from image2model.jobs.model import Item, ItemState, Job
+
+
+def jsonable(value: Any) -> Any:
+    """Turn dataclasses and enums inside a patch into plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def patch_item(
+    current: dict[str, Any],
+    patch: dict[str, Any],
+    expect_state: Iterable[ItemState] | None,
+    expect_worker: str | None,
+) -> dict[str, Any] | None:
+    """Apply a patch if the item is in an expected state and owned by the expected worker."""
+    if expect_state is not None and current["state"] not in {str(s) for s in expect_state}:
+        return None
+    if expect_worker is not None and current.get("worker") != expect_worker:
+        return None
+    updated = dict(current)
+    updated.update(jsonable(patch))
+    return updated
+
+
+class JobStore(ABC):
+    """Persistent job records plus change notification."""
+
+    def __init__(self, retention_seconds: float):
+        self.retention_seconds = retention_seconds
+        self.changes = ChangeHub(self.version)
+
+    # --- records -------------------------------------------------------------------------
+    @abstractmethod
+    def create(self, job: Job) -> None: ...
+
+    @abstractmethod
+    def get(self, job_id: str) -> Job | None: ...
+
+    @abstractmethod
+    def version(self, job_id: str) -> int | None: ...
+
+    @abstractmethod
+    def update_item(
+        self,
+        job_id: str,
+        index: int,
+        patch: dict[str, Any],
+        *,
+        expect_state: Iterable[ItemState] | None = None,
+        expect_worker: str | None = None,
+    ) -> Item | None:
+        """Patch one item atomically; None when the job is gone or a condition failed."""
+
+    @abstractmethod
+    def touch(self, job_id: str, index: int, worker: str, now: float) -> bool:
+        """Refresh a running item's heartbeat without waking readers; False if the worker
+        no longer owns the item."""
+
+    @abstractmethod
+    def request_cancel(self, job_id: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, job_id: str) -> None: ...
+
+    # --- queries for housekeeping -------------------------------------------------------
+    @abstractmethod
+    def running_items(self) -> list[tuple[str, Item]]: ...
+
+    @abstractmethod
+    def job_ids_created_before(self, timestamp: float) -> list[str]: ...
+
+    @abstractmethod
+    def all_job_ids(self) -> list[str]: ...
+
+    # --- learned model durations --------------------------------------------------------
+    @abstractmethod
+    def record_duration(self, model: str, seconds: float) -> None: ...
+
+    @abstractmethod
+    def typical_duration(self, model: str) -> float | None: ...
+
+    # --- spending guard: images accepted per sliding hour --------------------------------
+    @abstractmethod
+    def reserve_images(self, count: int, limit: int, window_seconds: float, now: float) -> bool:
+        """Atomically count `count` images against a rolling window; False (and nothing
+        counted) when that would pass `limit`."""
+
+    @abstractmethod
+    def ping(self) -> bool: ...
+
+    def close(self) -> None:
+        """Release connections and background threads."""
+
+    # --- waiting ------------------------------------------------------------------------
+    def wait_for_change(self, job_id: str, since: int, timeout: float) -> int | None:
+        return self.changes.wait(job_id, since, timeout)
+
+    async def wait_for_change_async(self, job_id: str, since: int, timeout: float) -> int | None:
+        return await self.changes.wait_async(job_id, since, timeout)
+
+
+EWMA_WEIGHT = 0.3  # how much one new run moves a model's typical duration
+
+
+def blend_duration(previous: float | None, seconds: float) -> float:
+    if previous is None:
+        return seconds
+    return (1 - EWMA_WEIGHT) * previous + EWMA_WEIGHT * seconds

@@ -1,0 +1,141 @@
+"""Judge uploads by their content, and prepare them for a model.
+
+`inspect_image` runs in the job service for every interface, before anything is stored or
+queued: it trusts the bytes, never the name or declared type. `prepare_image` runs in the
+worker: upright, 8-bit RGB(A), no larger than the model needs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from image2model.errors import AppError
+
+try:  # HEIC/HEIF (iPhone photos) and AVIF through pillow-heif, when installed
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover - pillow-heif is in requirements.txt
+    pillow_heif = None
+
+ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "HEIF", "AVIF"}
+FORMAT_LABELS = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC or AVIF"
+MIN_SIDE = 8
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+    mode: str
+
+
+def inspect_image(path: Path, name: str, max_pixels: int) -> ImageInfo:
+    """Check that the file really is a complete image we accept; AppError naming it if not."""
+    if path.stat().st_size == 0:
+        raise AppError("empty_file", f"'{name}' is empty (0 bytes).", 400, {"file": name})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as img:
+                fmt = (img.format or "").upper()
+                width, height = img.size
+                mode = img.mode
+                if fmt not in ACCEPTED_FORMATS:
+                    raise _not_an_image(name)
+                if width * height > max_pixels:
+                    raise _too_many_pixels(name, width, height, max_pixels)
+                if min(width, height) < 1:
+                    raise _corrupt(name)
+                _decode_fully(img)
+        except AppError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise _too_many_pixels(name, 0, 0, max_pixels) from None
+        except UnidentifiedImageError:
+            raise _not_an_image(name) from None
+        except (OSError, SyntaxError, ValueError, EOFError):
+            raise _corrupt(name) from None
+    return ImageInfo(fmt, width, height, mode)
+
+
+def _decode_fully(img: Image.Image) -> None:
+    """Decode every byte so a truncated file fails now, cheaply (JPEG decodes at 1/8 scale)."""
+    if img.format == "JPEG":
+        img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+    img.load()
+
+
+def _not_an_image(name: str) -> AppError:
+    return AppError(
+        "unsupported_file_type",
+        f"'{name}' is not an image we can read. Use {FORMAT_LABELS}.",
+        415,
+        {"file": name},
+    )
+
+
+def _corrupt(name: str) -> AppError:
+    return AppError("corrupt_image", f"'{name}' is damaged or incomplete and cannot be read.", 400, {"file": name})
+
+
+def _too_many_pixels(name: str, width: int, height: int, max_pixels: int) -> AppError:
+    size = f" ({width}x{height})" if width else ""
+    return AppError(
+        "image_too_large",
+        f"'{name}'{size} has more than {max_pixels / 1e6:.0f} megapixels; please use a smaller image.",
+        413,
+        {"file": name},
+    )
+
+
+def open_upright(path: Path, max_side: int) -> Image.Image:
+    """Open an image upright (EXIF applied), 8-bit RGB or RGBA, no longer than max_side."""
+    with Image.open(path) as img:
+        if img.format == "JPEG" and max(img.size) > 2 * max_side:
+            img.draft("RGB", (max_side, max_side))  # decode big JPEGs at a fraction of the cost
+        img.seek(0)  # GIF, TIFF pages: the first frame
+        img.load()
+        upright = ImageOps.exif_transpose(img) or img
+        converted = to_8bit(upright)
+    if max(converted.size) > max_side:
+        converted.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return converted
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """RGB or RGBA, 8 bits per channel, whatever came in (16-bit, palette, CMYK, LA...)."""
+    if img.mode in ("RGB", "RGBA"):
+        return img.copy()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        import numpy as np
+
+        data = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if data.max() > 255 else 255.0
+        return Image.fromarray((np.clip(data / top, 0, 1) * 255).astype("uint8"), "L").convert("RGB")
+    if img.mode == "F":
+        import numpy as np
+
+        data = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        span = float(data.max() - data.min()) or 1.0
+        return Image.fromarray(((data - data.min()) / span * 255).astype("uint8"), "L").convert("RGB")
+    has_alpha = img.mode in ("LA", "PA", "La") or (img.mode == "P" and "transparency" in img.info)
+    return img.convert("RGBA" if has_alpha else "RGB")
+
+
+def prepare_image(path: Path, out_dir: Path, max_side: int) -> Path:
+    """An upright 8-bit copy for a hosted model: PNG when it has transparency, else JPEG."""
+    img = open_upright(path, max_side)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if img.mode == "RGBA":
+        out = out_dir / f"{path.stem}.png"
+        img.save(out, "PNG", optimize=False)
+    else:
+        out = out_dir / f"{path.stem}.jpg"
+        img.save(out, "JPEG", quality=92)
+    return out

@@ -1,0 +1,67 @@
+"""Check that a model file is a real mesh, describe it, and convert it to other formats."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import trimesh
+
+from image2model.errors import AppError
+
+CONVERSIONS = {"obj": "application/zip", "stl": "model/stl", "ply": "application/x-ply"}
+
+
+def load_scene(path: Path) -> trimesh.Scene:
+    try:
+        loaded = trimesh.load(str(path), file_type=path.suffix.lstrip(".") or "glb", force="scene")
+    except Exception as exc:  # noqa: BLE001 - any parse failure means "not a usable model"
+        raise AppError("invalid_model", f"The model file could not be read ({type(exc).__name__}).", 502) from exc
+    return loaded
+
+
+def mesh_stats(path: Path) -> dict[str, Any]:
+    """Vertices, faces and bounds; AppError `invalid_model` when the file holds no mesh."""
+    scene = load_scene(path)
+    meshes = [g for g in scene.geometry.values() if isinstance(g, trimesh.Trimesh)]
+    vertices = sum(len(m.vertices) for m in meshes)
+    faces = sum(len(m.faces) for m in meshes)
+    if faces == 0:
+        raise AppError("invalid_model", "The model file contains no triangles.", 502)
+    extents = scene.extents
+    return {
+        "vertices": int(vertices),
+        "faces": int(faces),
+        "meshes": len(meshes),
+        "textured": any(getattr(m.visual, "kind", None) == "texture" for m in meshes),
+        "extents": [round(float(v), 4) for v in extents] if extents is not None else None,
+    }
+
+
+def convert(path: Path, fmt: str) -> tuple[bytes, str, str]:
+    """(bytes, file name, content type) of the model in another format.
+
+    OBJ is a ZIP of the .obj with its .mtl and texture images, since an OBJ alone loses them.
+    """
+    fmt = fmt.lower()
+    if fmt not in CONVERSIONS:
+        raise AppError("unsupported_format", f"Cannot convert to '{fmt}'. Choose obj, stl or ply.", 400)
+    scene = load_scene(path)
+    stem = path.stem
+    if fmt == "obj":
+        files = trimesh.exchange.obj.export_obj(scene, include_texture=True, return_texture=True,
+                                                 mtl_name=f"{stem}.mtl")
+        text, textures = files if isinstance(files, tuple) else (files, {})
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(f"{stem}.obj", text)
+            for name, data in textures.items():
+                archive.writestr(name, data)
+        return buffer.getvalue(), f"{stem}.obj.zip", CONVERSIONS[fmt]
+    mesh = scene.to_mesh() if hasattr(scene, "to_mesh") else scene.dump(concatenate=True)
+    data = mesh.export(file_type=fmt)
+    if isinstance(data, str):
+        data = data.encode()
+    return data, f"{stem}.{fmt}", CONVERSIONS[fmt]

@@ -1,0 +1,72 @@
+"""What a provider sees of the item it runs, and how it reports trouble.
+
+A provider turns one item's input images into a model file. It reports progress, stores a
+remote request id before waiting on it, and asks whether to stop; everything durable goes
+through the `ItemRun` the worker gives it, so providers never touch the job store directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from image2model.jobs.model import Mode
+from image2model.providers.catalog import ModelSpec
+
+
+class ItemFailed(Exception):
+    """The item cannot succeed; `retryable` failures may succeed if tried again later."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+
+class ItemCancelled(Exception):
+    """The job was cancelled while this item ran."""
+
+
+class ItemRun(Protocol):
+    job_id: str
+    index: int
+    spec: ModelSpec
+    mode: Mode
+    params: dict[str, Any]
+    inputs: list[Path]  # the stored upload(s), in view order
+    work_dir: Path  # for prepared copies of the inputs
+    model_target: Path  # where the model file must be written (atomically)
+    preview_target: Path  # where a preview image may be written
+    request_id: str | None  # a remote request already accepted for this item (resume it)
+    max_result_bytes: int
+    poll_seconds: float
+
+    def progress(self, percent: float, message: str) -> None: ...
+
+    def remember_request(self, request_id: str) -> None: ...
+
+    def check_stop(self) -> None:
+        """Raise ItemCancelled or ItemFailed('deadline_exceeded') when the item must stop."""
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but wake early and raise as check_stop does."""
+
+    def typical_seconds(self) -> float: ...
+
+    def write_file(self, target: Path, chunks: Any, max_bytes: int | None = None) -> int: ...
+
+
+@dataclass(frozen=True)
+class ProviderOutput:
+    has_preview: bool = False
+    run_seconds: float | None = None  # how long the model itself ran, to learn typical times
+    extra_stats: dict[str, Any] | None = None
+
+
+class Provider(Protocol):
+    def run(self, item: ItemRun) -> ProviderOutput: ...
+
+    def cancel(self, item: ItemRun) -> None:
+        """Best-effort: tell the remote side to stop this item's request."""

@@ -1,0 +1,232 @@
+"""Run an item on a hosted FAL.AI model through fal-client's queue API.
+
+The order matters for money: upload, submit, and store the request id *before* waiting, so a
+retry or a restarted worker resumes the same paid request instead of submitting again.
+Errors are classified by HTTP status, never by message text.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import fal_client
+import httpx
+from fal_client.auth import MissingCredentialsError
+
+from image2model.media.images import prepare_image
+from image2model.providers.base import ItemCancelled, ItemFailed, ItemRun, ProviderOutput
+
+log = logging.getLogger(__name__)
+
+PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)\s*%")
+DOWNLOAD_CHUNK = 1024 * 256
+
+
+def classify_http_error(status: int, detail: Any) -> ItemFailed:
+    """One FAL HTTP status to one item failure; only transient classes are retryable."""
+    text = describe_detail(detail)
+    if status == 401:
+        return ItemFailed("fal_key_rejected", "FAL rejected the API key. Check FAL_KEY.")
+    if status == 403:
+        return ItemFailed(
+            "fal_access_denied",
+            "FAL refused the request: the account is locked or its balance is exhausted "
+            f"(top up at fal.ai/dashboard/billing). FAL said: {text}",
+        )
+    if status == 422:
+        return ItemFailed("fal_invalid_input", f"The model rejected the input: {text}")
+    if status in (408, 409, 429) or status >= 500:
+        label = "busy" if status == 429 else f"unavailable (HTTP {status})"
+        return ItemFailed("fal_unavailable", f"FAL is {label}: {text}", retryable=True)
+    if status == 404:
+        return ItemFailed("fal_not_found", f"FAL does not know this request or model: {text}")
+    return ItemFailed("fal_error", f"FAL answered HTTP {status}: {text}")
+
+
+def describe_detail(detail: Any) -> str:
+    """FAL's `detail` as one line: a string, or a list of validation errors."""
+    if isinstance(detail, list):
+        parts = []
+        for entry in detail:
+            if isinstance(entry, dict):
+                where = ".".join(str(x) for x in entry.get("loc", []) if x != "body")
+                msg = entry.get("msg") or entry.get("message") or str(entry)
+                parts.append(f"{where}: {msg}" if where else str(msg))
+            else:
+                parts.append(str(entry))
+        return "; ".join(parts)[:500] or "no details"
+    return str(detail or "no details")[:500]
+
+
+def dig(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
+
+
+def file_url(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("url")
+    return value if isinstance(value, str) and value.startswith(("http://", "https://")) else None
+
+
+class FalProvider:
+    def __init__(self, key: str, fal_max_side: int, http_timeout: float = 60.0):
+        self.key = key
+        self.fal_max_side = fal_max_side
+        self.http_timeout = http_timeout
+
+    def _client(self) -> fal_client.SyncClient:
+        # A fresh client per item: cheap, and no state shared between threads or tests.
+        return fal_client.SyncClient(key=self.key, default_timeout=self.http_timeout)
+
+    def run(self, item: ItemRun) -> ProviderOutput:
+        client = self._client()
+        try:
+            return self._run(client, item)
+        except fal_client.FalClientHTTPError as exc:
+            raise classify_http_error(exc.status_code, exc.message) from exc
+        except (fal_client.FalClientTimeoutError, httpx.TimeoutException) as exc:
+            raise ItemFailed("fal_unavailable", f"FAL did not answer in time: {exc}", retryable=True) from exc
+        except httpx.HTTPStatusError as exc:
+            raise classify_http_error(exc.response.status_code, exc.response.text) from exc
+        except httpx.TransportError as exc:
+            raise ItemFailed("fal_unavailable", f"Could not reach FAL: {exc}", retryable=True) from exc
+        except MissingCredentialsError as exc:
+            raise ItemFailed("fal_key_missing", "No FAL key is configured: set FAL_KEY.") from exc
+
+    def _run(self, client: fal_client.SyncClient, item: ItemRun) -> ProviderOutput:
+        spec = item.spec
+        request_id = item.request_id
+        if request_id is None:
+            urls = self._upload_inputs(client, item)
+            item.check_stop()
+            item.progress(4, "Sending to FAL")
+            handle = client.submit(spec.id, spec.fal_arguments(urls, item.params, item.mode))
+            request_id = handle.request_id
+            item.remember_request(request_id)
+            log.info("fal submitted", extra={"job_id": item.job_id, "item": item.index, "request_id": request_id})
+        else:
+            item.progress(5, "Resuming the FAL request")
+            log.info("fal resumed", extra={"job_id": item.job_id, "item": item.index, "request_id": request_id})
+        run_seconds = self._wait(client, item, request_id)
+        item.progress(90, "Downloading the model")
+        result = client.result(spec.id, request_id)
+        self._download_model(result, item)
+        has_preview = self._download_preview(result, item)
+        return ProviderOutput(has_preview=has_preview, run_seconds=run_seconds)
+
+    def _upload_inputs(self, client: fal_client.SyncClient, item: ItemRun) -> list[str]:
+        urls = []
+        for n, path in enumerate(item.inputs, start=1):
+            item.check_stop()
+            item.progress(1 + 2 * n / len(item.inputs), f"Uploading image {n} of {len(item.inputs)}")
+            prepared = prepare_image(path, item.work_dir, self.fal_max_side)
+            urls.append(client.upload_file(prepared))
+        return urls
+
+    def _wait(self, client: fal_client.SyncClient, item: ItemRun, request_id: str) -> float | None:
+        """Poll until FAL completes; when the item must stop, tell FAL to stop too."""
+        try:
+            return self._poll(client, item, request_id)
+        except (ItemCancelled, ItemFailed) as exc:
+            if isinstance(exc, ItemCancelled) or exc.code == "deadline_exceeded":
+                self._cancel(client, item, request_id)
+            raise
+
+    def _poll(self, client: fal_client.SyncClient, item: ItemRun, request_id: str) -> float | None:
+        """Progress from the model's log percentages, else from elapsed time."""
+        started_running: float | None = None
+        typical = item.typical_seconds()
+        last_percent: float | None = None
+        while True:
+            item.check_stop()
+            status = client.status(item.spec.id, request_id, with_logs=True)
+            if isinstance(status, fal_client.Queued):
+                item.progress(5, f"Waiting in FAL's queue (position {status.position + 1})")
+            elif isinstance(status, fal_client.InProgress):
+                started_running = started_running or time.monotonic()
+                logged = self._percent_from_logs(status.logs)
+                last_percent = logged if logged is not None else last_percent
+                elapsed = time.monotonic() - started_running
+                item.progress(*running_progress(elapsed, typical, last_percent, status.logs))
+            elif isinstance(status, fal_client.Completed):
+                if started_running is None:
+                    return None
+                return time.monotonic() - started_running
+            item.sleep(item.poll_seconds)
+
+    @staticmethod
+    def _percent_from_logs(logs: list[dict[str, Any]] | None) -> float | None:
+        for entry in reversed(logs or []):
+            match = PERCENT.search(str(entry.get("message", "")))
+            if match and float(match.group(1)) <= 100:
+                return float(match.group(1))
+        return None
+
+    def _download_model(self, result: Any, item: ItemRun) -> None:
+        url = next((file_url(dig(result, f)) for f in item.spec.mesh_fields if file_url(dig(result, f))), None)
+        if url is None:
+            raise ItemFailed("invalid_model", "FAL finished but returned no model file.")
+        self._download(url, item.model_target, item)
+
+    def _download_preview(self, result: Any, item: ItemRun) -> bool:
+        for field in item.spec.preview_fields:
+            url = file_url(dig(result, field))
+            if url:
+                try:
+                    self._download(url, item.preview_target, item)
+                    return True
+                except (ItemFailed, httpx.HTTPError) as exc:  # a preview is a bonus, never a failure
+                    log.warning("preview download failed: %s", exc, extra={"job_id": item.job_id})
+        return False
+
+    def _download(self, url: str, target: Path, item: ItemRun) -> None:
+        cap = item.max_result_bytes
+        with httpx.stream("GET", url, follow_redirects=True, timeout=self.http_timeout) as response:
+            response.raise_for_status()
+            declared = int(response.headers.get("content-length") or 0)
+            if declared > cap:
+                raise ItemFailed("result_too_large", f"The model file is {declared / 1e6:.0f} MB, over the "
+                                 f"{cap / 1e6:.0f} MB limit.")
+            try:
+                item.write_file(target, response.iter_bytes(DOWNLOAD_CHUNK), max_bytes=cap)
+            except Exception as exc:
+                if getattr(exc, "code", "") == "file_too_large":
+                    raise ItemFailed("result_too_large", f"The model file is over the {cap / 1e6:.0f} MB "
+                                     "limit.") from exc
+                raise
+
+    def cancel(self, item: ItemRun) -> None:
+        if item.request_id:
+            self._cancel(self._client(), item, item.request_id)
+
+    def _cancel(self, client: fal_client.SyncClient, item: ItemRun, request_id: str) -> None:
+        try:
+            client.cancel(item.spec.id, request_id)
+            log.info("fal cancel sent", extra={"job_id": item.job_id, "item": item.index, "request_id": request_id})
+        except (fal_client.FalClientError, httpx.HTTPError) as exc:
+            log.warning("fal cancel failed: %s", exc, extra={"job_id": item.job_id, "request_id": request_id})
+
+
+def running_progress(elapsed: float, typical: float, logged: float | None,
+                     logs: list[dict[str, Any]] | None) -> tuple[float, str]:
+    """Progress 5..88 while FAL runs: the model's own percentage when it logs one, else an
+    estimate from elapsed time against the typical duration that never claims to be done."""
+    last_line = ""
+    if logs:
+        last_line = str(logs[-1].get("message", "")).strip().splitlines()[0][:80] if logs[-1].get("message") else ""
+    if logged is not None:
+        return 5 + 83 * logged / 100, last_line or f"Generating ({logged:.0f}%)"
+    fraction = elapsed / max(typical, 1.0)
+    if fraction < 1:
+        left = typical - elapsed
+        return 5 + 75 * fraction, last_line or f"Generating, about {left:.0f} s left"
+    return 80 + 8 * (1 - math.exp(-(fraction - 1))), last_line or "Generating, taking longer than usual"

@@ -1,0 +1,85 @@
+"""Wire the parts together for one process: store, files, queue, tasks, service.
+
+The web process, a `huey_consumer` and each test build a `Runtime` from settings; nothing
+else constructs these parts, so every process agrees on where things live.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+
+from huey import Huey
+
+from image2model.config import Settings, get_settings
+from image2model.jobs.service import JobService
+from image2model.jobs.store import JobStore
+from image2model.providers.base import Provider
+from image2model.storage import FileStore
+from image2model.worker.consumer import InProcessConsumer, start_embedded_consumer, stop_embedded_consumer
+from image2model.worker.queue import make_huey
+from image2model.worker.runner import ItemRunner
+from image2model.worker.tasks import Tasks, register_tasks
+
+log = logging.getLogger(__name__)
+
+
+def make_store(settings: Settings) -> JobStore:
+    if settings.use_redis:
+        from image2model.jobs.redis_store import RedisJobStore
+
+        return RedisJobStore(settings.redis_url, settings.retention_seconds)
+    from image2model.jobs.sqlite_store import SqliteJobStore
+
+    return SqliteJobStore(settings.data_dir / "jobs.db", settings.retention_seconds)
+
+
+def make_providers(settings: Settings) -> dict[str, Provider]:
+    from image2model.providers.fal import FalProvider
+    from image2model.providers.local import LocalReliefProvider
+
+    return {"fal": FalProvider(settings.fal_key, settings.fal_max_side), "local": LocalReliefProvider()}
+
+
+class Runtime:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = make_store(settings)
+        self.files = FileStore(settings.data_dir)
+        self.huey: Huey = make_huey(settings)
+        self.runner = ItemRunner(self.store, self.files, settings, make_providers(settings), self.enqueue)
+        self.tasks: Tasks = register_tasks(self.huey, self.runner)
+        self.consumer: InProcessConsumer | None = None
+
+    def enqueue(self, job_id: str, index: int) -> None:
+        self.tasks.run_item(job_id, index)
+
+    @cached_property
+    def service(self) -> JobService:
+        return JobService(self.store, self.files, self.settings, self.enqueue)
+
+    def start_consumer(self, workers: int | None = None) -> None:
+        if self.consumer is None:
+            self.runner.reap()  # items whose worker died with the last process
+            self.consumer = start_embedded_consumer(self.huey, workers or self.settings.workers)
+
+    def stop_consumer(self) -> None:
+        if self.consumer is not None:
+            stop_embedded_consumer(self.consumer)
+            self.consumer = None
+
+    def close(self) -> None:
+        self.stop_consumer()
+        self.store.close()
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """The process-wide runtime, built from the environment on first use."""
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime(get_settings())
+    return _runtime

@@ -1,0 +1,130 @@
+"""Where files live: `<data dir>/files/<job id>/{inputs,results}/`.
+
+Every name that reaches the disk goes through `safe_name`, and every path handed out is
+checked to sit inside its own job's directory, so a request can never read or write outside
+it. Results are written to a temporary file and renamed into place, so a reader never sees
+half a file (and a killed worker leaves no half-written result).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
+
+from image2model.errors import AppError
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+UNSAFE = re.compile(r"[^A-Za-z0-9._ ()+-]+")
+
+
+def check_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+        raise AppError("job_not_found", "No job with that id.", 404)
+    return job_id
+
+
+def safe_name(name: str, fallback: str = "image") -> str:
+    """A file name reduced to harmless characters, keeping its readable part."""
+    base = os.path.basename(str(name).replace("\\", "/"))
+    base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii")
+    base = UNSAFE.sub("_", base).strip(" ._")
+    base = re.sub(r"_+", "_", base)
+    if not base:
+        base = fallback
+    return base[:120]
+
+
+def unique_stems(names: Iterable[str]) -> list[str]:
+    """Result base names after the originals, with clashes made unique:
+    ["shoe.jpg", "shoe.png", "shoe.jpg"] -> ["shoe", "shoe-2", "shoe-3"]."""
+    stems: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        stem = Path(safe_name(name)).stem or "model"
+        candidate, n = stem, 1
+        while candidate.lower() in seen:
+            n += 1
+            candidate = f"{stem}-{n}"
+        seen.add(candidate.lower())
+        stems.append(candidate)
+    return stems
+
+
+class FileStore:
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve() / "files"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / check_job_id(job_id)
+
+    def inputs_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "inputs"
+
+    def results_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "results"
+
+    def input_path(self, job_id: str, name: str) -> Path:
+        return self._inside(self.inputs_dir(job_id), name)
+
+    def result_path(self, job_id: str, name: str) -> Path:
+        """The path of an existing result file; 404 for anything else."""
+        path = self._inside(self.results_dir(job_id), name)
+        if path.is_symlink() or not path.is_file():
+            raise AppError("file_not_found", f"This job has no file named {name!r}.", 404)
+        return path
+
+    def new_result_path(self, job_id: str, name: str) -> Path:
+        return self._inside(self.results_dir(job_id), name)
+
+    @staticmethod
+    def _inside(directory: Path, name: str) -> Path:
+        if not name or name != safe_name(name) or name in (".", ".."):
+            raise AppError("file_not_found", "No such file.", 404, {"name": name})
+        path = directory / name
+        if path.resolve().parent != directory.resolve():
+            raise AppError("file_not_found", "No such file.", 404, {"name": name})
+        return path
+
+    def write_atomic(self, target: Path, chunks: Iterable[bytes], max_bytes: int | None = None) -> int:
+        """Write chunks to target through a temp file; returns the size. Raises AppError
+        `file_too_large` (and leaves nothing behind) when max_bytes is passed."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise AppError(
+                            "file_too_large",
+                            f"The file is larger than the limit of {max_bytes // (1024 * 1024)} MB.",
+                            413,
+                        )
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return size
+
+    def delete_job(self, job_id: str) -> None:
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def job_ids(self) -> list[str]:
+        return [p.name for p in self.root.iterdir() if p.is_dir() and JOB_ID.match(p.name)]
+
+    def usable(self) -> bool:
+        try:
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-"):
+                return True
+        except OSError:
+            return False

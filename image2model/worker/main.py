@@ -1,0 +1,15 @@
+"""Entry point for `huey_consumer` on any machine:
+
+    huey_consumer image2model.worker.main.huey -w 25 -k thread -g TERM -t 30
+
+It builds the runtime from the same environment as the web app (REDIS_URL, DATA_DIR on a
+shared volume, FAL_KEY), so a job created by the web process runs here.
+"""
+
+from image2model.config import get_settings
+from image2model.logs import setup_logging
+from image2model.runtime import get_runtime
+
+setup_logging(get_settings().log_level)
+runtime = get_runtime()
+huey = runtime.huey

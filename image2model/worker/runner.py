@@ -1,0 +1,320 @@
+"""Run one item end to end, and the housekeeping around it (reaper, cleanup).
+
+This is the worker's logic without huey: the huey tasks only call into it, so it reads the
+same in the embedded consumer, a `huey_consumer` on another machine, or a test.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from image2model.config import Settings
+from image2model.errors import AppError
+from image2model.jobs.model import Item, ItemError, ItemState, Job, ResultFile
+from image2model.jobs.store import JobStore
+from image2model.media.meshes import mesh_stats
+from image2model.providers.base import ItemCancelled, ItemFailed, Provider
+from image2model.providers.catalog import ModelSpec, catalog
+from image2model.storage import FileStore
+
+log = logging.getLogger(__name__)
+
+CANCEL_CHECK_SECONDS = 0.5
+PROGRESS_WRITE_SECONDS = 0.25
+
+
+class OwnershipLost(Exception):
+    """The reaper gave this item to another worker; stop quietly, write nothing."""
+
+
+@dataclass
+class LiveItemRun:
+    """The `ItemRun` a provider gets: durable writes go to the store, as this worker."""
+
+    store: JobStore
+    files: FileStore
+    settings: Settings
+    job_id: str
+    index: int
+    worker: str
+    spec: ModelSpec
+    job: Job
+    deadline: float
+    request_id: str | None
+    inputs: list[Path] = field(default_factory=list)
+    work_dir: Path = Path()
+    model_target: Path = Path()
+    preview_target: Path = Path()
+    max_result_bytes: int = 0
+    poll_seconds: float = 1.0
+    _last_write: float = 0.0
+    _last_message: str = ""
+    _last_percent: float = 0.0
+    _cancel_checked_at: float = 0.0
+    _cancelled: bool = False
+    lost: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def mode(self):  # noqa: ANN201 - mirrors ItemRun
+        return self.job.mode
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.job.params
+
+    def progress(self, percent: float, message: str) -> None:
+        percent = max(self._last_percent, min(99.0, float(percent)))  # never goes backwards
+        now = time.monotonic()
+        if message == self._last_message and now - self._last_write < PROGRESS_WRITE_SECONDS:
+            return
+        self._write({"progress": round(percent, 1), "message": message, "heartbeat_at": time.time()})
+        self._last_write, self._last_message, self._last_percent = now, message, percent
+
+    def remember_request(self, request_id: str) -> None:
+        self.request_id = request_id
+        self._write({"request_id": request_id})
+
+    def _write(self, patch: dict[str, Any]) -> None:
+        updated = self.store.update_item(
+            self.job_id, self.index, patch, expect_state=[ItemState.RUNNING], expect_worker=self.worker
+        )
+        if updated is None:
+            self.lost.set()
+            raise OwnershipLost()
+
+    def check_stop(self) -> None:
+        if self.lost.is_set():
+            raise OwnershipLost()
+        now = time.monotonic()
+        if now - self._cancel_checked_at >= CANCEL_CHECK_SECONDS:
+            self._cancel_checked_at = now
+            job = self.store.get(self.job_id)
+            self._cancelled = job is None or job.cancel_requested
+        if self._cancelled:
+            raise ItemCancelled()
+        if time.time() > self.deadline:
+            minutes = self.settings.item_deadline_seconds / 60
+            raise ItemFailed("deadline_exceeded", f"The model took longer than the {minutes:g}-minute limit.")
+
+    def sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while True:
+            self.check_stop()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, CANCEL_CHECK_SECONDS))
+
+    def typical_seconds(self) -> float:
+        return self.store.typical_duration(self.spec.id) or self.spec.typical_seconds
+
+    def write_file(self, target: Path, chunks: Iterable[bytes], max_bytes: int | None = None) -> int:
+        return self.files.write_atomic(target, chunks, max_bytes)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class ItemRunner:
+    def __init__(self, store: JobStore, files: FileStore, settings: Settings,
+                 providers: dict[str, Provider], enqueue: Callable[[str, int], None]):
+        self.store = store
+        self.files = files
+        self.settings = settings
+        self.providers = providers
+        self.enqueue = enqueue
+
+    # --- one item -----------------------------------------------------------------------
+    def run(self, job_id: str, index: int) -> None:
+        ctx = {"job_id": job_id, "item": index}
+        job = self.store.get(job_id)
+        if job is None or not 0 <= index < len(job.items):
+            log.info("item skipped: job gone", extra=ctx)
+            return
+        item = job.items[index]
+        if item.state != ItemState.QUEUED:
+            log.info("item skipped: state %s", item.state, extra=ctx)
+            return
+        if job.cancel_requested:
+            self._finish(job_id, index, None, ItemState.CANCELLED, "Cancelled", expect=[ItemState.QUEUED])
+            return
+        if item.attempts >= self.settings.max_item_attempts:
+            self._finish(job_id, index, None, ItemState.FAILED, "Failed",
+                         error=ItemError("worker_lost", "The worker processing this image stopped "
+                                         f"{item.attempts} times; giving up."), expect=[ItemState.QUEUED])
+            return
+        worker = worker_name()
+        now = time.time()
+        claimed = self.store.update_item(
+            job_id, index,
+            {"state": ItemState.RUNNING, "worker": worker, "attempts": item.attempts + 1,
+             "started_at": item.started_at or now, "heartbeat_at": now,
+             "message": "Starting" if item.attempts == 0 else "Resuming after a worker stopped"},
+            expect_state=[ItemState.QUEUED],
+        )
+        if claimed is None:
+            log.info("item skipped: claimed elsewhere", extra=ctx)
+            return
+        log.info("item started", extra={**ctx, "model": job.model})
+        self._execute(job, claimed, worker)
+
+    def _execute(self, job: Job, item: Item, worker: str) -> None:
+        spec = catalog()[job.model]
+        inputs_dir = self.files.inputs_dir(job.id)
+        run = LiveItemRun(
+            store=self.store, files=self.files, settings=self.settings, job_id=job.id, index=item.index,
+            worker=worker, spec=spec, job=job,
+            deadline=(item.started_at or time.time()) + self.settings.item_deadline_seconds,
+            request_id=item.request_id,
+            inputs=[inputs_dir / name for name in item.inputs],
+            work_dir=self.files.job_dir(job.id) / "prepared",
+            model_target=self.files.new_result_path(job.id, f"{item.stem}.glb"),
+            preview_target=self.files.new_result_path(job.id, f"{item.stem}.preview.png"),
+            max_result_bytes=int(self.settings.max_result_mb * 1024 * 1024),
+            poll_seconds=self.settings.fal_poll_seconds,
+        )
+        ctx = {"job_id": job.id, "item": item.index}
+        stop_heartbeat = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(run, stop_heartbeat), daemon=True,
+                                name=f"i2m-heartbeat-{job.id[:8]}-{item.index}")
+        beat.start()
+        provider = self.providers[spec.provider]
+        try:
+            output = self._run_with_retries(provider, run)
+            stats = mesh_stats(run.model_target)
+            stats.update(output.extra_stats or {})
+            files = [ResultFile(run.model_target.name, "model", run.model_target.stat().st_size, "model/gltf-binary")]
+            if output.has_preview and run.preview_target.is_file():
+                files.append(ResultFile(run.preview_target.name, "preview", run.preview_target.stat().st_size,
+                                        "image/png"))
+            if output.run_seconds:
+                self.store.record_duration(spec.id, output.run_seconds)
+            self._finish(job.id, item.index, worker, ItemState.SUCCEEDED, "Done", files=files, stats=stats)
+            log.info("item succeeded", extra={**ctx, "request_id": run.request_id})
+        except OwnershipLost:
+            log.warning("item taken over by another worker; stopping", extra=ctx)
+        except ItemCancelled:
+            self._finish(job.id, item.index, worker, ItemState.CANCELLED, "Cancelled")
+            log.info("item cancelled", extra=ctx)
+        except ItemFailed as exc:
+            self._fail(job.id, item.index, worker, exc.code, exc.message)
+        except AppError as exc:
+            self._fail(job.id, item.index, worker, exc.code, exc.message)
+        except Exception:  # noqa: BLE001 - the item fails, the worker lives on
+            log.exception("item crashed", extra=ctx)
+            self._fail(job.id, item.index, worker, "internal_error",
+                       "Something went wrong while making this model. The error was logged.")
+        finally:
+            stop_heartbeat.set()
+
+    def _run_with_retries(self, provider: Provider, run: LiveItemRun):  # noqa: ANN202
+        retries = self.settings.fal_retries
+        for attempt in range(retries + 1):
+            try:
+                return provider.run(run)
+            except ItemFailed as exc:
+                if not exc.retryable:
+                    raise
+                if attempt >= retries:
+                    raise ItemFailed(exc.code, f"{exc.message} (gave up after {retries} retries)") from exc
+                delay = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2**attempt)
+                delay *= random.uniform(0.8, 1.2)
+                log.warning("retrying after %s", exc.code, extra={"job_id": run.job_id, "item": run.index,
+                                                                  "request_id": run.request_id})
+                run.progress(run._last_percent, f"{exc.message} Retrying in {delay:.0f} s "
+                             f"(retry {attempt + 1} of {retries}).")
+                run.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _heartbeat(self, run: LiveItemRun, stop: threading.Event) -> None:
+        while not stop.wait(self.settings.heartbeat_seconds):
+            try:
+                if not self.store.touch(run.job_id, run.index, run.worker, time.time()):
+                    run.lost.set()
+                    return
+            except Exception as exc:  # noqa: BLE001 - a store hiccup must not kill the item
+                log.warning("heartbeat failed: %s", exc, extra={"job_id": run.job_id, "item": run.index})
+
+    def _fail(self, job_id: str, index: int, worker: str, code: str, message: str) -> None:
+        self._finish(job_id, index, worker, ItemState.FAILED, "Failed", error=ItemError(code, message))
+        log.warning("item failed: %s", message, extra={"job_id": job_id, "item": index, "code": code})
+
+    def _finish(self, job_id: str, index: int, worker: str | None, state: ItemState, message: str, *,
+                error: ItemError | None = None, files: list[ResultFile] | None = None,
+                stats: dict[str, Any] | None = None, expect: list[ItemState] | None = None) -> None:
+        patch: dict[str, Any] = {"state": state, "message": message, "finished_at": time.time(), "error": error}
+        if state == ItemState.SUCCEEDED:
+            patch.update(progress=100.0, files=files or [], stats=stats or {})
+        self.store.update_item(job_id, index, patch, expect_state=expect or [ItemState.RUNNING],
+                               expect_worker=worker)
+
+    # --- housekeeping ---------------------------------------------------------------------
+    def reap(self, now: float | None = None) -> list[tuple[str, int]]:
+        """Put items whose worker stopped sending heartbeats back on the queue."""
+        now = now or time.time()
+        requeued = []
+        for job_id, item in self.store.running_items():
+            if item.heartbeat_at and now - item.heartbeat_at < self.settings.stale_after_seconds:
+                continue
+            ctx = {"job_id": job_id, "item": item.index, "request_id": item.request_id}
+            job = self.store.get(job_id)
+            if job is None:
+                continue
+            if job.cancel_requested:
+                self._finish(job_id, item.index, item.worker, ItemState.CANCELLED, "Cancelled")
+                if item.request_id:
+                    self._cancel_remote(job, item)
+                continue
+            if item.attempts >= self.settings.max_item_attempts:
+                self._finish(job_id, item.index, item.worker, ItemState.FAILED, "Failed", error=ItemError(
+                    "worker_lost", f"The worker processing this image stopped {item.attempts} times; giving up."))
+                continue
+            back = self.store.update_item(
+                job_id, item.index,
+                {"state": ItemState.QUEUED, "worker": None, "message": "The worker stopped; waiting to resume"},
+                expect_state=[ItemState.RUNNING], expect_worker=item.worker,
+            )
+            if back is not None:
+                self.enqueue(job_id, item.index)
+                requeued.append((job_id, item.index))
+                log.warning("stale item put back on the queue", extra=ctx)
+        return requeued
+
+    def _cancel_remote(self, job: Job, item: Item) -> None:
+        spec = catalog()[job.model]
+        provider = self.providers.get(spec.provider)
+        if provider is None:
+            return
+        run = LiveItemRun(store=self.store, files=self.files, settings=self.settings, job_id=job.id,
+                          index=item.index, worker="reaper", spec=spec, job=job, deadline=0,
+                          request_id=item.request_id)
+        provider.cancel(run)
+
+    def cleanup(self, now: float | None = None) -> list[str]:
+        """Delete jobs and files older than the retention period, and orphaned files."""
+        now = now or time.time()
+        removed = []
+        for job_id in self.store.job_ids_created_before(now - self.settings.retention_seconds):
+            self.files.delete_job(job_id)
+            self.store.delete(job_id)
+            removed.append(job_id)
+        for job_id in self.files.job_ids():
+            directory = self.files.job_dir(job_id)
+            young = now - directory.stat().st_mtime < 600  # a job being created has files first
+            if not young and self.store.version(job_id) is None:
+                self.files.delete_job(job_id)
+                removed.append(job_id)
+        if removed:
+            log.info("cleanup removed %d jobs", len(removed))
+        return removed

@@ -1,0 +1,146 @@
+"""Shared fixtures: real Redis servers, real huey consumers, the fake FAL server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from image2model.config import Settings
+from image2model.runtime import Runtime
+from tests.fakefal import FakeFal, patch_fal_client
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port}")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A private redis-server on a free port (clean state, no clash with the machine's)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        print("SKIP: redis-server binary not found; Redis-mode tests are skipped")
+        pytest.skip("redis-server binary not found")
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="i2m-redis-")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _flush(url: str) -> None:
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+
+
+@pytest.fixture
+def fake_fal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeFal]:
+    """The fake FAL server with the real fal-client pointed at it."""
+    fake = FakeFal()
+    fake.start()
+    undo = patch_fal_client(fake.base_url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("FAL_HOME_DIR", str(tmp_path / "falhome"))
+    try:
+        yield fake
+    finally:
+        undo()
+        fake.stop()
+
+
+def make_settings(data_dir: Path, redis_url: str = "", **overrides: object) -> Settings:
+    values: dict[str, object] = dict(
+        data_dir=data_dir, redis_url=redis_url, fal_key="test-key", workers=8,
+        fal_poll_seconds=0.05, heartbeat_seconds=0.3, stale_after_seconds=2.0,
+        retry_base_seconds=0.05, retry_max_seconds=0.2, fal_retries=3, default_model="",
+    )
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def settings_factory(backend: str, request: pytest.FixtureRequest, tmp_path: Path):  # noqa: ANN201
+    """Build settings for the current backend; Redis mode gets a flushed private server."""
+
+    def build(**overrides: object) -> Settings:
+        redis_url = ""
+        if backend == "redis":
+            redis_url = request.getfixturevalue("redis_server")
+            _flush(redis_url)
+        return make_settings(tmp_path / "data", redis_url, **overrides)
+
+    return build
+
+
+@pytest.fixture
+def runtime_factory(settings_factory):  # noqa: ANN001, ANN201
+    """Runtimes with a real in-process huey consumer; all are closed after the test."""
+    made: list[Runtime] = []
+
+    def build(start_consumer: bool = True, **overrides: object) -> Runtime:
+        runtime = Runtime(settings_factory(**overrides))
+        if start_consumer:
+            runtime.start_consumer()
+        made.append(runtime)
+        return runtime
+
+    yield build
+    for runtime in made:
+        runtime.close()
+
+
+def start_consumer_process(settings: Settings, fal_url: str | None, workers: int = 4) -> subprocess.Popen:
+    """A real `huey_consumer` in its own process (what runs on a worker machine)."""
+    env = dict(os.environ)
+    env.update({
+        "DATA_DIR": str(settings.data_dir), "REDIS_URL": settings.redis_url, "FAL_KEY": settings.fal_key,
+        "FAL_POLL_SECONDS": str(settings.fal_poll_seconds), "HEARTBEAT_SECONDS": str(settings.heartbeat_seconds),
+        "STALE_AFTER_SECONDS": str(settings.stale_after_seconds), "NO_PROXY": "127.0.0.1,localhost",
+        "PYTHONPATH": str(ROOT),
+    })
+    if fal_url:
+        env["I2M_TEST_FAKE_FAL_URL"] = fal_url
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "consumer_process.py"), "-w", str(workers), "-k", "thread",
+         "-d", "0.05", "-m", "0.2"],
+        env=env, cwd=str(ROOT),
+    )

@@ -1,0 +1,18 @@
+"""Run the real `huey_consumer` for image2model in a subprocess, with fal-client pointed at
+the tests' fake FAL server (a subprocess cannot be monkeypatched from the test)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from huey.bin.huey_consumer import consumer_main
+
+if os.environ.get("I2M_TEST_FAKE_FAL_URL"):
+    from tests.fakefal import patch_fal_client
+
+    patch_fal_client(os.environ["I2M_TEST_FAKE_FAL_URL"])
+
+if __name__ == "__main__":
+    sys.argv = ["huey_consumer", "image2model.worker.main.huey", *sys.argv[1:]]
+    consumer_main()

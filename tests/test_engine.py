@@ -1,0 +1,316 @@
+"""The job engine end to end: real huey consumer, real fal-client against the fake FAL server,
+in both the embedded (SQLite) and Redis modes."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+from image2model.errors import AppError
+from image2model.jobs.model import ItemState, JobState
+from image2model.jobs.service import Upload
+from tests.engine_helpers import load_glb, make_image, uploads_for, wait_done, wait_until
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_25_image_job_completes_with_25_named_glbs(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    fake_fal.set_latency(0.2, 0.5)
+    runtime = runtime_factory(workers=25)
+    names = [f"photo{n}.jpg" for n in range(23)] + ["shoe.jpg", "shoe.jpg"]
+    uploads = uploads_for(tmp_path, names)
+    job = runtime.service.create_job(uploads, model="fal-ai/trellis")
+    started = time.monotonic()
+    done = wait_done(runtime.service, job.id, timeout=90)
+    took = time.monotonic() - started
+    assert done.state == JobState.SUCCEEDED, [i.error for i in done.items]
+    glbs = [i.model_file.name for i in done.items]
+    assert glbs[:23] == [f"photo{n}.glb" for n in range(23)]
+    assert glbs[23:] == ["shoe.glb", "shoe-2.glb"]
+    for item in done.items:
+        path = runtime.files.result_path(job.id, item.model_file.name)
+        assert path.stat().st_size == item.model_file.size
+        assert len(load_glb(path).geometry) >= 1
+        assert item.stats["faces"] > 0 and item.stats["vertices"] > 0
+        assert item.request_id and item.attempts == 1
+        assert item.started_at and item.finished_at and item.finished_at >= item.started_at
+    # exactly one submit per input, and the 25 ran side by side, not one after another
+    assert len(fake_fal.submits) == 25
+    assert sorted(fake_fal.submit_counts_by_sha256.values()) == [1] * 25
+    assert took < 0.7 * 25 / 2, f"items did not run in parallel ({took:.1f} s)"
+
+
+def test_multi_view_job_makes_one_model_from_all_views(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    runtime = runtime_factory()
+    uploads = uploads_for(tmp_path, ["front.png", "back.png", "left.png"])
+    job = runtime.service.create_job(uploads, model="fal-ai/hunyuan3d/v2/multi-view", mode="multi_view")
+    assert len(job.items) == 1 and job.items[0].name == "front.png + back.png + left.png"
+    done = wait_done(runtime.service, job.id)
+    assert done.state == JobState.SUCCEEDED, done.items[0].error
+    assert done.items[0].model_file.name == "front.glb"
+    (submit,) = fake_fal.submits
+    args = submit["arguments"]
+    for field in ("front_image_url", "back_image_url", "left_image_url"):
+        assert fake_fal.file_bytes(args[field]) is not None
+    # the views arrive in the order given
+    uploaded = [fake_fal.file_bytes(args[f]) for f in ("front_image_url", "back_image_url", "left_image_url")]
+    assert len({hashlib.sha256(b).hexdigest() for b in uploaded}) == 3
+    assert sum(fake_fal.submit_counts_by_sha256.values()) == 3
+
+
+def test_progress_comes_from_fal_logs_and_queue(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    fake_fal.set_latency(0.5, 2.0)
+    runtime = runtime_factory()
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    seen: list[tuple[float, str]] = []
+    current = runtime.service.get(job.id)
+    while not current.state.terminal:
+        item = current.items[0]
+        seen.append((item.progress, item.message))
+        runtime.service.wait_for_change(job.id, current.version, 2.0)
+        current = runtime.service.get(job.id)
+    progresses = [p for p, _ in seen]
+    assert progresses == sorted(progresses), "progress went backwards"
+    assert any("queue" in m.lower() for _, m in seen)
+    assert any(5 < p < 90 for p in progresses), seen
+    assert current.items[0].progress == 100
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "words"),
+    [
+        (401, "fal_key_rejected", "rejected the API key"),
+        (403, "fal_access_denied", "balance is exhausted"),
+        (422, "fal_invalid_input", "Image could not be processed"),
+    ],
+)
+def test_fal_client_errors_fail_the_item_without_retry(runtime_factory, fake_fal, tmp_path, status, code,
+                                                        words) -> None:  # noqa: ANN001
+    fake_fal.fail(status, on="submit")
+    runtime = runtime_factory()
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    done = wait_done(runtime.service, job.id)
+    item = done.items[0]
+    assert done.state == JobState.FAILED
+    assert item.error.code == code and words in item.error.message
+    submit_attempts = [r for r in fake_fal.requests_log if r[0] == "POST" and r[1].startswith("/queue/")]
+    assert len(submit_attempts) == 1, "a permanent error must not be retried"
+
+
+def test_busy_fal_is_retried_then_succeeds(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    fake_fal.fail(429, on="submit", times=4)  # more than fal-client's own retries in the tests
+    runtime = runtime_factory()
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    done = wait_done(runtime.service, job.id)
+    assert done.state == JobState.SUCCEEDED, done.items[0].error
+    assert len(fake_fal.submits) == 1
+
+
+def test_server_errors_after_submit_resume_the_same_request(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    fake_fal.set_latency(0.0, 0.3)
+    fake_fal.fail(500, on="status", times=2)
+    fake_fal.fail(503, on="result", times=1)
+    runtime = runtime_factory()
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    done = wait_done(runtime.service, job.id)
+    assert done.state == JobState.SUCCEEDED, done.items[0].error
+    assert len(fake_fal.submits) == 1, "a retry submitted the paid request again"
+
+
+def test_persistent_server_errors_fail_after_bounded_retries(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    fake_fal.fail(500, on="status")
+    runtime = runtime_factory(fal_retries=2)
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    done = wait_done(runtime.service, job.id)
+    item = done.items[0]
+    assert item.state == ItemState.FAILED and item.error.code == "fal_unavailable"
+    assert "gave up after 2 retries" in item.error.message
+    assert len(fake_fal.submits) == 1
+
+
+def test_timeouts_and_connection_errors_are_retried(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    runtime = runtime_factory(fal_retries=2)
+    fake_fal.stop()  # FAL unreachable: connection refused
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    done = wait_done(runtime.service, job.id, timeout=60)
+    item = done.items[0]
+    assert item.error.code == "fal_unavailable" and "retries" in item.error.message
+
+
+def test_item_deadline_stops_the_item_and_cancels_on_fal(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    fake_fal.set_latency(0.0, 30.0)
+    runtime = runtime_factory(item_deadline_seconds=1.0)
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    done = wait_done(runtime.service, job.id)
+    item = done.items[0]
+    assert item.error.code == "deadline_exceeded"
+    assert item.request_id in fake_fal.cancelled
+
+
+def test_a_result_that_is_not_a_model_fails_clearly(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    fake_fal.result_bytes = b"this is not a glb file at all"
+    runtime = runtime_factory()
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    item = wait_done(runtime.service, job.id).items[0]
+    assert item.error.code == "invalid_model"
+
+
+def test_a_result_over_the_size_cap_is_refused(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    fake_fal.result_bytes = b"x" * 300_000
+    runtime = runtime_factory(max_result_mb=0.1)
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    item = wait_done(runtime.service, job.id).items[0]
+    assert item.error.code == "result_too_large"
+    assert list(runtime.files.results_dir(job.id).glob("*.glb")) == []
+
+
+def test_preview_image_is_kept_when_the_model_returns_one(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    runtime = runtime_factory()
+    job = runtime.service.create_job(uploads_for(tmp_path, ["mug.png"]), model="tripo3d/tripo/v2.5/image-to-3d")
+    item = wait_done(runtime.service, job.id).items[0]
+    assert item.state == ItemState.SUCCEEDED, item.error
+    assert item.preview_file is not None and item.preview_file.name == "mug.preview.png"
+    assert runtime.files.result_path(job.id, "mug.preview.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cancel_stops_running_items_and_queued_ones_never_start(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    fake_fal.set_latency(0.0, 30.0)
+    runtime = runtime_factory(workers=1)
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png", "b.png", "c.png"]), model="fal-ai/trellis")
+    wait_until(lambda: runtime.service.get(job.id).items[0].request_id)
+    runtime.service.cancel(job.id)
+    done = wait_done(runtime.service, job.id, timeout=20)
+    assert done.state == JobState.CANCELLED
+    assert [i.state for i in done.items] == [ItemState.CANCELLED] * 3
+    assert done.items[0].request_id in fake_fal.cancelled
+    assert done.items[1].attempts == 0 and done.items[2].attempts == 0
+    time.sleep(0.5)
+    assert len(fake_fal.submits) == 1
+
+
+def test_cancel_keeps_finished_results(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    runtime = runtime_factory(workers=1)
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    wait_done(runtime.service, job.id)
+    cancelled = runtime.service.cancel(job.id)
+    assert cancelled.items[0].state == ItemState.SUCCEEDED
+    assert runtime.files.result_path(job.id, "a.glb").is_file()
+
+
+def test_cleanup_removes_old_jobs_and_their_files(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    runtime = runtime_factory()
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    wait_done(runtime.service, job.id)
+    keep = runtime.service.create_job(uploads_for(tmp_path / "k", ["b.png"]), model="fal-ai/trellis")
+    wait_done(runtime.service, keep.id)
+    assert runtime.files.job_dir(job.id).is_dir()
+    removed = runtime.runner.cleanup(now=time.time() + 25 * 3600)
+    assert job.id in removed and keep.id in removed
+    assert not runtime.files.job_dir(job.id).exists()
+    with pytest.raises(AppError):
+        runtime.service.get(job.id)
+    # a fresh job survives a cleanup at the present time
+    fresh = runtime.service.create_job(uploads_for(tmp_path / "f", ["c.png"]), model="fal-ai/trellis")
+    wait_done(runtime.service, fresh.id)
+    assert fresh.id not in runtime.runner.cleanup()
+    assert runtime.files.job_dir(fresh.id).is_dir()
+
+
+def test_cleanup_is_registered_as_a_periodic_task(runtime_factory) -> None:  # noqa: ANN001
+    runtime = runtime_factory(start_consumer=False)
+    at_quarter_hour = datetime.datetime(2026, 1, 1, 12, 15)
+    names = {task.name for task in runtime.huey.read_periodic(at_quarter_hour)}
+    assert {"image2model.reap", "image2model.cleanup"} <= names
+    at_other_minute = datetime.datetime(2026, 1, 1, 12, 16)
+    assert {task.name for task in runtime.huey.read_periodic(at_other_minute)} == {"image2model.reap"}
+
+
+def test_offline_model_runs_without_a_fal_key(runtime_factory, tmp_path) -> None:  # noqa: ANN001
+    runtime = runtime_factory(fal_key="")
+    models = {m["id"]: m for m in runtime.service.models()}
+    assert models["local/relief"]["available"] and models["local/relief"]["default"]
+    assert not models["fal-ai/trellis"]["available"]
+    assert "FAL_KEY" in models["fal-ai/trellis"]["unavailable_reason"]
+    with pytest.raises(AppError) as refused:
+        runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    assert refused.value.code == "model_unavailable"
+    job = runtime.service.create_job(uploads_for(tmp_path, ["cup.png", "pot.png", "cup.png"]))
+    assert job.model == "local/relief"
+    done = wait_done(runtime.service, job.id)
+    assert done.state == JobState.SUCCEEDED, [i.error for i in done.items]
+    assert [i.model_file.name for i in done.items] == ["cup.glb", "pot.glb", "cup-2.glb"]
+    for item in done.items:
+        scene = load_glb(runtime.files.result_path(job.id, item.model_file.name))
+        assert item.stats["faces"] == sum(len(g.faces) for g in scene.geometry.values())
+
+
+class TestRefusedBeforeAnythingIsQueued:
+    """Bad submissions get a clear message, and leave no job, file or task behind."""
+
+    def refused(self, runtime, uploads, **kwargs) -> AppError:  # noqa: ANN001
+        with pytest.raises(AppError) as caught:
+            runtime.service.create_job(uploads, **kwargs)
+        assert runtime.store.all_job_ids() == []
+        assert runtime.files.job_ids() == []
+        assert runtime.huey.pending_count() == 0
+        return caught.value
+
+    def test_no_images(self, runtime_factory) -> None:  # noqa: ANN001
+        error = self.refused(runtime_factory(start_consumer=False), [])
+        assert error.code == "no_images" and "at least one image" in error.message
+
+    def test_26_images(self, runtime_factory, tmp_path) -> None:  # noqa: ANN001
+        image = make_image(tmp_path / "a.png")
+        error = self.refused(runtime_factory(start_consumer=False), [Upload(f"{n}.png", image) for n in range(26)])
+        assert error.code == "too_many_images" and "26" in error.message and "25" in error.message
+
+    def test_unknown_model(self, runtime_factory, tmp_path) -> None:  # noqa: ANN001
+        error = self.refused(runtime_factory(start_consumer=False), uploads_for(tmp_path, ["a.png"]),
+                             model="fal-ai/nope")
+        assert error.code == "unknown_model" and "fal-ai/nope" in error.message
+
+    def test_unknown_parameter(self, runtime_factory, tmp_path) -> None:  # noqa: ANN001
+        error = self.refused(runtime_factory(start_consumer=False), uploads_for(tmp_path, ["a.png"]),
+                             model="fal-ai/trellis", params={"colour": "red"})
+        assert error.code == "unknown_parameter" and "colour" in error.message
+
+    @pytest.mark.parametrize(("params", "words"), [
+        ({"ss_sampling_steps": 99}, "above the maximum 50"),
+        ({"ss_sampling_steps": "many"}, "expected a number"),
+        ({"texture_size": 300}, "one of 512, 1024, 2048"),
+        ({"mesh_simplify": 0.5}, "below the minimum"),
+    ])
+    def test_bad_parameter_values(self, runtime_factory, tmp_path, params, words) -> None:  # noqa: ANN001
+        error = self.refused(runtime_factory(start_consumer=False), uploads_for(tmp_path, ["a.png"]),
+                             model="fal-ai/trellis", params=params)
+        assert error.code == "invalid_parameter"
+        assert next(iter(params)) in error.message and words in error.message
+
+    def test_wrong_mode_and_view_count(self, runtime_factory, tmp_path) -> None:  # noqa: ANN001
+        runtime = runtime_factory(start_consumer=False)
+        error = self.refused(runtime, uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis", mode="multi_view")
+        assert error.code == "invalid_mode"
+        error = self.refused(runtime, uploads_for(tmp_path, ["a.png", "b.png"]),
+                             model="fal-ai/hunyuan3d/v2/multi-view", mode="multi_view")
+        assert error.code == "wrong_view_count" and "front, back, left" in error.message
+
+    def test_a_file_that_is_not_an_image(self, runtime_factory, tmp_path) -> None:  # noqa: ANN001
+        text = tmp_path / "notes.png"
+        text.write_text("just some text pretending to be a picture")
+        good = uploads_for(tmp_path, ["a.png"])
+        error = self.refused(runtime_factory(start_consumer=False), good + [Upload("notes.png", text)])
+        assert error.code == "unsupported_file_type" and "notes.png" in error.message
+
+    def test_spending_guard(self, runtime_factory, tmp_path) -> None:  # noqa: ANN001
+        runtime = runtime_factory(start_consumer=False, fal_images_per_hour=3)
+        runtime.service.create_job(uploads_for(tmp_path, ["a.png", "b.png"]), model="fal-ai/trellis")
+        with pytest.raises(AppError) as caught:
+            runtime.service.create_job(uploads_for(tmp_path / "x", ["c.png", "d.png"]), model="fal-ai/trellis")
+        assert caught.value.code == "spending_limit" and caught.value.status == 429
+        assert len(runtime.store.all_job_ids()) == 1
