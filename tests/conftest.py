@@ -144,3 +144,23 @@ def start_consumer_process(settings: Settings, fal_url: str | None, workers: int
          "-d", "0.05", "-m", "0.2"],
         env=env, cwd=str(ROOT),
     )
+
+
+@pytest.fixture
+def live_server_factory(settings_factory):  # noqa: ANN001, ANN201
+    """Start the real app on uvicorn (embedded consumer on, in both backends)."""
+    from tests.live_server import LiveServer
+
+    started: list[LiveServer] = []
+
+    def build(**overrides: object) -> LiveServer:
+        overrides.setdefault("embedded_worker", True)
+        runtime = Runtime(settings_factory(**overrides))
+        server = LiveServer(runtime, free_port()).start()
+        started.append(server)
+        return server
+
+    yield build
+    for server in started:
+        server.stop()
+        server.runtime.close()
