@@ -1,0 +1,43 @@
+"""Settings: every one is documented, and the environment really drives them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from image2model.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def env_name(field: str, settings_cls: type[Settings] = Settings) -> str:
+    alias = settings_cls.model_fields[field].validation_alias
+    return str(alias) if isinstance(alias, str) else field.upper()
+
+
+@pytest.mark.parametrize("field", sorted(Settings.model_fields))
+def test_every_setting_is_in_env_example_and_readme(field: str) -> None:
+    name = env_name(field)
+    example = (ROOT / ".env.example").read_text()
+    assert f"\n{name}=" in example, f"{name} missing from .env.example"
+    assert f"`{name}`" in (ROOT / "README.md").read_text(), f"{name} missing from the README"
+
+
+def test_environment_drives_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MAX_IMAGES", "7")
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("REDIS_URL", "redis://example:6379/0")
+    monkeypatch.setenv("PORT", "9999")
+    settings = Settings(_env_file=None)
+    assert settings.max_images == 7 and settings.data_dir == tmp_path.resolve()
+    assert settings.use_redis and not settings.run_embedded_worker
+    assert settings.port == 9999
+    assert "example" not in repr(settings), "secrets must not appear in reprs or logs"
+
+
+def test_embedded_defaults_need_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FAL_KEY", "REDIS_URL", "DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(_env_file=None)
+    assert not settings.fal_configured and not settings.use_redis and settings.run_embedded_worker
