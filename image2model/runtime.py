@@ -61,11 +61,15 @@ class Runtime:
 
     def start_consumer(self, workers: int | None = None) -> None:
         if self.consumer is None:
+            self.runner.stopping.clear()
             self.runner.reap()  # items whose worker died with the last process
             self.consumer = start_embedded_consumer(self.huey, workers or self.settings.workers)
 
     def stop_consumer(self) -> None:
+        """Stop taking tasks, hand running items back to the queue, then drain."""
         if self.consumer is not None:
+            self.consumer.stop_flag.set()
+            self.runner.stopping.set()
             stop_embedded_consumer(self.consumer)
             self.consumer = None
 

@@ -37,6 +37,10 @@ class OwnershipLost(Exception):
     """The reaper gave this item to another worker; stop quietly, write nothing."""
 
 
+class WorkerStopping(Exception):
+    """This process is shutting down: hand the item back to the queue, unfinished."""
+
+
 @dataclass
 class LiveItemRun:
     """The `ItemRun` a provider gets: durable writes go to the store, as this worker."""
@@ -63,6 +67,7 @@ class LiveItemRun:
     _cancel_checked_at: float = 0.0
     _cancelled: bool = False
     lost: threading.Event = field(default_factory=threading.Event)
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
     def mode(self):  # noqa: ANN201 - mirrors ItemRun
@@ -95,6 +100,8 @@ class LiveItemRun:
     def check_stop(self) -> None:
         if self.lost.is_set():
             raise OwnershipLost()
+        if self.stopping.is_set():
+            raise WorkerStopping()
         now = time.monotonic()
         if now - self._cancel_checked_at >= CANCEL_CHECK_SECONDS:
             self._cancel_checked_at = now
@@ -134,6 +141,7 @@ class ItemRunner:
         self.settings = settings
         self.providers = providers
         self.enqueue = enqueue
+        self.stopping = threading.Event()  # set when this process shuts down
 
     # --- one item -----------------------------------------------------------------------
     def run(self, job_id: str, index: int) -> None:
@@ -153,6 +161,9 @@ class ItemRunner:
             self._finish(job_id, index, None, ItemState.FAILED, "Failed",
                          error=ItemError("worker_lost", "The worker processing this image stopped "
                                          f"{item.attempts} times; giving up."), expect=[ItemState.QUEUED])
+            return
+        if self.stopping.is_set():
+            self.enqueue(job_id, index)  # leave it for the next process
             return
         worker = worker_name()
         now = time.time()
@@ -183,6 +194,7 @@ class ItemRunner:
             preview_target=self.files.new_result_path(job.id, f"{item.stem}.preview.png"),
             max_result_bytes=int(self.settings.max_result_mb * 1024 * 1024),
             poll_seconds=self.settings.fal_poll_seconds,
+            stopping=self.stopping,
         )
         ctx = {"job_id": job.id, "item": item.index}
         stop_heartbeat = threading.Event()
@@ -204,6 +216,8 @@ class ItemRunner:
             log.info("item succeeded", extra={**ctx, "request_id": run.request_id})
         except OwnershipLost:
             log.warning("item taken over by another worker; stopping", extra=ctx)
+        except WorkerStopping:
+            self._hand_back(job.id, item.index, worker)
         except ItemCancelled:
             self._finish(job.id, item.index, worker, ItemState.CANCELLED, "Cancelled")
             log.info("item cancelled", extra=ctx)
@@ -236,6 +250,17 @@ class ItemRunner:
                              f"(retry {attempt + 1} of {retries}).")
                 run.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _hand_back(self, job_id: str, index: int, worker: str) -> None:
+        """Shutdown: the item goes back on the queue with its FAL request id, to be resumed."""
+        back = self.store.update_item(
+            job_id, index, {"state": ItemState.QUEUED, "worker": None,
+                            "message": "Paused while the server restarts; it will resume"},
+            expect_state=[ItemState.RUNNING], expect_worker=worker,
+        )
+        if back is not None:
+            self.enqueue(job_id, index)
+            log.info("item handed back for shutdown", extra={"job_id": job_id, "item": index})
 
     def _heartbeat(self, run: LiveItemRun, stop: threading.Event) -> None:
         while not stop.wait(self.settings.heartbeat_seconds):
