@@ -314,3 +314,20 @@ class TestRefusedBeforeAnythingIsQueued:
             runtime.service.create_job(uploads_for(tmp_path / "x", ["c.png", "d.png"]), model="fal-ai/trellis")
         assert caught.value.code == "spending_limit" and caught.value.status == 429
         assert len(runtime.store.all_job_ids()) == 1
+
+
+def test_a_worker_without_a_fal_key_fails_the_item_at_once(settings_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    """Split configuration: the web side has a key, this worker has none."""
+    from image2model.runtime import Runtime
+
+    web = Runtime(settings_factory())
+    worker = Runtime(settings_factory(fal_key=""))
+    try:
+        job = web.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+        worker.start_consumer()
+        item = wait_done(web.service, job.id, timeout=20).items[0]
+        assert item.error.code == "fal_key_missing" and "FAL_KEY" in item.error.message
+        assert fake_fal.submits == []
+    finally:
+        worker.close()
+        web.close()

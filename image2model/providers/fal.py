@@ -88,6 +88,8 @@ class FalProvider:
         return fal_client.SyncClient(key=self.key, default_timeout=self.http_timeout)
 
     def run(self, item: ItemRun) -> ProviderOutput:
+        if not self.key.strip():  # fal-client would retry a malformed header for a minute
+            raise ItemFailed("fal_key_missing", "No FAL key is configured on this worker: set FAL_KEY.")
         client = self._client()
         try:
             return self._run(client, item)
