@@ -331,3 +331,28 @@ def test_a_worker_without_a_fal_key_fails_the_item_at_once(settings_factory, fak
     finally:
         worker.close()
         web.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_offline_model_through_the_engine_on_every_awkward_input(runtime_factory, tmp_path) -> None:  # noqa: ANN001
+    """Issue 3's input list, end to end: the service accepts each, the worker makes a model."""
+    from tests import imagefactory as f
+
+    inputs = [f.rgba_star(), f.product_photo(), f.full_frame_photo(), f.greyscale(), f.palette_png(),
+              f.png16(), f.exif_rotated_jpeg(), f.tiny(), f.huge_jpeg()]
+    runtime = runtime_factory(fal_key="")
+    uploads = [Upload(s.name + s.suffix, s.save(tmp_path)) for s in inputs]
+    job = runtime.service.create_job(uploads, model="local/relief")
+    done = wait_done(runtime.service, job.id, timeout=120)
+    assert done.state == JobState.SUCCEEDED, [(i.name, i.error) for i in done.items]
+    sources = {i.name: i.stats["mask_source"] for i in done.items}
+    assert sources[f.full_frame_photo().name + ".jpg"] == "full_frame"
+    assert sources[f.rgba_star().name + ".png"] == "alpha"
+    assert sources[f.product_photo().name + ".jpg"] == "background"
+    for item in done.items:
+        scene = load_glb(runtime.files.result_path(job.id, item.model_file.name))
+        mesh = next(iter(scene.geometry.values()))
+        assert mesh.is_watertight, item.name
+    rotated = next(i for i in done.items if i.name.startswith("exif"))
+    extents = rotated.stats["extents"]
+    assert extents[1] > extents[0], "the EXIF-rotated photo must give an upright (taller) model"
