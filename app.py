@@ -65,7 +65,8 @@ def main() -> None:
     settings = get_settings()
     setup_logging(settings.log_level)
     uvicorn.run(create_app(), host=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), port=server_port(),
-                log_config=None, timeout_graceful_shutdown=30)
+                log_config=None, timeout_graceful_shutdown=30,
+                proxy_headers=False)  # TRUSTED_PROXIES alone decides whom to believe
 
 
 if __name__ == "__main__":

@@ -61,6 +61,33 @@ class Settings(BaseSettings):
     port: int = Field(default=7860, validation_alias="PORT")
     log_level: str = "INFO"
 
+    # Page: the browser keeps a list of recent job ids in localStorage under this key,
+    # encrypted with this secret. Both are fixed so the list survives a restart. The secret
+    # only protects a list of job ids (which are unguessable themselves); still, set your own.
+    browser_state_key: str = "image2model-recent-jobs"
+    browser_state_secret: str = Field(default="image2model-recent-jobs-secret-change-me", repr=False)
+
+    # REST API access (image2model/web/security.py). Lists are comma-separated.
+    api_keys: str = Field(default="", repr=False)  # empty: /api/v1 is open (a warning is logged)
+    rate_limit_api: str = "100/minute"  # per key, or per client address without one; empty = off
+    rate_limit_upload: str = "10/minute"  # job creation, on top of rate_limit_api; empty = off
+    trusted_proxies: str = ""  # IPs/CIDRs whose X-Forwarded-For is believed, e.g. "10.0.0.0/8"
+    cors_origins: str = ""  # origins allowed to call the API from a browser; "*" = any
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    sse_retry_ms: int = Field(default=3000, ge=0)
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return _split(self.api_keys)
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return _split(self.trusted_proxies)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return _split(self.cors_origins)
+
     @field_validator("data_dir", mode="after")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -83,6 +110,10 @@ class Settings(BaseSettings):
     @property
     def retention_seconds(self) -> float:
         return self.retention_hours * 3600.0
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 @lru_cache(maxsize=1)

@@ -28,15 +28,23 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
+STEM_MAX = 96  # leaves room for "NN-" before and "-NN.preview.png" after, within NAME_MAX
+NAME_MAX = 120
+
+
 def safe_name(name: str, fallback: str = "image") -> str:
-    """A file name reduced to harmless characters, keeping its readable part."""
+    """A file name reduced to harmless characters, keeping its readable part; long stems are
+    cut so that the prefixes and suffixes we add keep every stored name within NAME_MAX."""
     base = os.path.basename(str(name).replace("\\", "/"))
     base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii")
     base = UNSAFE.sub("_", base).strip(" ._")
     base = re.sub(r"_+", "_", base)
     if not base:
         base = fallback
-    return base[:120]
+    stem, dot, ext = base.rpartition(".")
+    if not dot or not stem or len(ext) > 10:
+        stem, dot, ext = base, "", ""
+    return stem[:STEM_MAX].rstrip(" ._") + dot + ext
 
 
 def unique_stems(names: Iterable[str]) -> list[str]:
@@ -84,7 +92,9 @@ class FileStore:
 
     @staticmethod
     def _inside(directory: Path, name: str) -> Path:
-        if not name or name != safe_name(name) or name in (".", ".."):
+        if not name or len(name) > NAME_MAX or name != os.path.basename(name) or name in (".", ".."):
+            raise AppError("file_not_found", "No such file.", 404, {"name": name})
+        if UNSAFE.search(name) or name.startswith("."):
             raise AppError("file_not_found", "No such file.", 404, {"name": name})
         path = directory / name
         if path.resolve().parent != directory.resolve():

@@ -168,3 +168,14 @@ def test_learned_durations_and_spending_reservations(store) -> None:  # noqa: AN
     assert store.reserve_images(6, 25, 3600, now) is False  # would pass the limit: nothing counted
     assert store.reserve_images(5, 25, 3600, now) is True
     assert store.reserve_images(1, 25, 3600, now + 3700) is True  # the window moved on
+
+
+def test_deleting_a_job_wakes_its_waiters(store) -> None:  # noqa: ANN001
+    job = new_job()
+    store.create(job)
+    since = store.version(job.id)
+    threading.Timer(0.2, store.delete, args=(job.id,)).start()
+    started = time.monotonic()
+    woke = store.wait_for_change(job.id, since, timeout=5)
+    assert woke is not None and time.monotonic() - started < 2
+    assert store.get(job.id) is None

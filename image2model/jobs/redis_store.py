@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from image2model.jobs.model import Item, ItemState, Job
-from image2model.jobs.store import JobStore, blend_duration, jsonable
+from image2model.jobs.store import DELETED_VERSION, JobStore, blend_duration, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,7 @@ class RedisJobStore(JobStore):
         pipe.zrem(PREFIX + "created", job_id)
         if items:
             pipe.srem(PREFIX + "running", *[f"{job_id}|{i}" for i in items])
+        pipe.publish(CHANNEL, f"{job_id} {DELETED_VERSION}")
         pipe.execute()
 
     # --- housekeeping ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ from image2model.errors import AppError
 from image2model.jobs.model import Item, ItemState, Job, Mode
 from image2model.jobs.store import JobStore
 from image2model.media.images import inspect_image
+from image2model.media.polyglot import check_single_format
 from image2model.providers.catalog import availability, catalog, get_model
 from image2model.storage import FileStore, safe_name, unique_stems
 
@@ -108,7 +109,8 @@ class JobService:
         if size > limit:
             raise AppError("file_too_large", f"'{name}' is {size / 1048576:.1f} MB; the limit is "
                            f"{self.settings.max_image_mb:g} MB per image.", 413, {"file": name})
-        inspect_image(path, name, self.settings.max_image_pixels)
+        info = inspect_image(path, name, self.settings.max_image_pixels)
+        check_single_format(path, name, info.format)  # an image with an archive or page inside: 415
 
     def _reserve_spending(self, count: int) -> None:
         limit = self.settings.fal_images_per_hour
@@ -128,11 +130,11 @@ class JobService:
 
     @staticmethod
     def _make_items(mode: Mode, names: list[str], stored: list[str]) -> list[Item]:
+        stems = unique_stems(names)
         if mode == Mode.MULTI_VIEW:
-            stem = unique_stems(names[:1])[0]
-            return [Item(index=0, name=" + ".join(names), stem=stem, inputs=stored)]
+            return [Item(index=0, name=" + ".join(names), stem=stems[0], inputs=stored)]
         return [Item(index=n, name=name, stem=stem, inputs=[file])
-                for n, (name, stem, file) in enumerate(zip(names, unique_stems(names), stored))]
+                for n, (name, stem, file) in enumerate(zip(names, stems, stored))]
 
     # --- read -----------------------------------------------------------------------------
     def get(self, job_id: str, owner: str | None = None) -> Job:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from image2model.jobs.model import Item, ItemState, Job
-from image2model.jobs.store import JobStore, blend_duration, jsonable, patch_item
+from image2model.jobs.store import DELETED_VERSION, JobStore, blend_duration, jsonable, patch_item
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -192,6 +192,7 @@ class SqliteJobStore(JobStore):
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
         self._write(remove)
+        self.changes.notify(job_id, DELETED_VERSION)
 
     # --- housekeeping ---------------------------------------------------------------------
     def running_items(self) -> list[tuple[str, Item]]:

@@ -124,6 +124,7 @@ class JobStore(ABC):
         return await self.changes.wait_async(job_id, since, timeout)
 
 
+DELETED_VERSION = 2**62  # announced when a job is deleted, so every waiter wakes and finds it gone
 EWMA_WEIGHT = 0.3  # how much one new run moves a model's typical duration
 
 

@@ -59,7 +59,7 @@ def inspect_image(path: Path, name: str, max_pixels: int) -> ImageInfo:
             raise _too_many_pixels(name, 0, 0, max_pixels) from None
         except UnidentifiedImageError:
             raise _not_an_image(name) from None
-        except (OSError, SyntaxError, ValueError, EOFError):
+        except Exception:  # noqa: BLE001 - any decoder failure (a corrupt AVIF raises RuntimeError)
             raise _corrupt(name) from None
     return ImageInfo(fmt, width, height, mode)
 

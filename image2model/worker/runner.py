@@ -80,8 +80,9 @@ class LiveItemRun:
     def progress(self, percent: float, message: str) -> None:
         percent = max(self._last_percent, min(99.0, float(percent)))  # never goes backwards
         now = time.monotonic()
-        if message == self._last_message and now - self._last_write < PROGRESS_WRITE_SECONDS:
-            return
+        unchanged = message == self._last_message and percent - self._last_percent < 0.5
+        if unchanged or (message == self._last_message and now - self._last_write < PROGRESS_WRITE_SECONDS):
+            return  # nothing a reader would see (liveness is the heartbeat's job)
         self._write({"progress": round(percent, 1), "message": message, "heartbeat_at": time.time()})
         self._last_write, self._last_message, self._last_percent = now, message, percent
 
@@ -181,27 +182,18 @@ class ItemRunner:
         self._execute(job, claimed, worker)
 
     def _execute(self, job: Job, item: Item, worker: str) -> None:
-        spec = catalog()[job.model]
-        inputs_dir = self.files.inputs_dir(job.id)
-        run = LiveItemRun(
-            store=self.store, files=self.files, settings=self.settings, job_id=job.id, index=item.index,
-            worker=worker, spec=spec, job=job,
-            deadline=(item.started_at or time.time()) + self.settings.item_deadline_seconds,
-            request_id=item.request_id,
-            inputs=[inputs_dir / name for name in item.inputs],
-            work_dir=self.files.job_dir(job.id) / "prepared",
-            model_target=self.files.new_result_path(job.id, f"{item.stem}.glb"),
-            preview_target=self.files.new_result_path(job.id, f"{item.stem}.preview.png"),
-            max_result_bytes=int(self.settings.max_result_mb * 1024 * 1024),
-            poll_seconds=self.settings.fal_poll_seconds,
-            stopping=self.stopping,
-        )
+        try:
+            run = self._prepare_run(job, item, worker)
+        except AppError as exc:
+            self._fail(job.id, item.index, worker, exc.code, exc.message)
+            return
         ctx = {"job_id": job.id, "item": item.index}
         stop_heartbeat = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(run, stop_heartbeat), daemon=True,
                                 name=f"i2m-heartbeat-{job.id[:8]}-{item.index}")
         beat.start()
-        provider = self.providers[spec.provider]
+        provider = self.providers[run.spec.provider]
+        spec = run.spec
         try:
             output = self._run_with_retries(provider, run)
             stats = mesh_stats(run.model_target)
@@ -231,6 +223,23 @@ class ItemRunner:
                        "Something went wrong while making this model. The error was logged.")
         finally:
             stop_heartbeat.set()
+
+    def _prepare_run(self, job: Job, item: Item, worker: str) -> LiveItemRun:
+        spec = catalog()[job.model]
+        inputs_dir = self.files.inputs_dir(job.id)
+        return LiveItemRun(
+            store=self.store, files=self.files, settings=self.settings, job_id=job.id, index=item.index,
+            worker=worker, spec=spec, job=job,
+            deadline=(item.started_at or time.time()) + self.settings.item_deadline_seconds,
+            request_id=item.request_id,
+            inputs=[inputs_dir / name for name in item.inputs],
+            work_dir=self.files.job_dir(job.id) / "prepared",
+            model_target=self.files.new_result_path(job.id, f"{item.stem}.glb"),
+            preview_target=self.files.new_result_path(job.id, f"{item.stem}.preview.png"),
+            max_result_bytes=int(self.settings.max_result_mb * 1024 * 1024),
+            poll_seconds=self.settings.fal_poll_seconds,
+            stopping=self.stopping,
+        )
 
     def _run_with_retries(self, provider: Provider, run: LiveItemRun):  # noqa: ANN202
         retries = self.settings.fal_retries

@@ -1,0 +1,323 @@
+"""Who is calling, may they, and how often: API keys, client addresses, rate limits, headers.
+
+- Keys (API_KEYS) are compared as SHA-256 digests with `hmac.compare_digest`, never logged and
+  never stored: a job records only `owner_id(key)`, a short non-secret fingerprint.
+- The client address comes from X-Forwarded-For only when the direct peer is a trusted proxy
+  (TRUSTED_PROXIES); otherwise anyone could pick their own rate-limit bucket.
+- Rate limits use `limits.aio` (moving window): Redis when REDIS_URL is set, so every process
+  and machine shares one count; in memory otherwise. If Redis fails, a per-process memory
+  limiter takes over rather than letting every request through.
+- Headers: API and download responses get nosniff and a deny-everything CSP; the Gradio page
+  gets nothing from here, so it stays embeddable in a Space's iframe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from starlette.datastructures import MutableHeaders
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from image2model.config import Settings
+from image2model.web.envelope import HttpAppError
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+OPEN_PATHS = ("/health", "/ready")
+DOCS_PATHS = ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
+RATE_STATE = "image2model_rate_headers"  # request.state key the header middleware reads
+OWNER_ID_LENGTH = 16
+
+bearer = HTTPBearer(auto_error=False, description="One of the keys in API_KEYS.")
+
+
+def owner_id(key: str) -> str:
+    """The non-secret id a key's jobs are filed under (the key itself is never stored)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:OWNER_ID_LENGTH]
+
+
+def is_api_path(path: str) -> bool:
+    return path == API_PREFIX or path.startswith(API_PREFIX + "/") or path in OPEN_PATHS
+
+
+# --- keys ----------------------------------------------------------------------------------
+class ApiKeys:
+    def __init__(self, keys: list[str]):
+        self._digests = [(hashlib.sha256(k.encode()).digest(), owner_id(k)) for k in keys]
+
+    @property
+    def required(self) -> bool:
+        return bool(self._digests)
+
+    def owner_for(self, presented: str | None) -> str | None:
+        """The owner id of a valid key, else None. Every configured key is compared, in
+        constant time, so timing tells nothing about which key or how much of it matched."""
+        if not presented:
+            return None
+        digest = hashlib.sha256(presented.encode()).digest()
+        found = None
+        for candidate, owner in self._digests:
+            if hmac.compare_digest(digest, candidate):
+                found = owner
+        return found
+
+
+# --- client address ------------------------------------------------------------------------
+class ClientAddress:
+    def __init__(self, trusted: list[str]):
+        self.networks = [ipaddress.ip_network(t, strict=False) for t in trusted]
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)
+
+    def __call__(self, request: Request) -> str:
+        """The first untrusted hop, reading X-Forwarded-For right to left, when the direct
+        peer is a trusted proxy; otherwise the direct peer."""
+        peer = request.client.host if request.client else "unknown"
+        if not self.networks or not self._trusted(peer):
+            return peer
+        hops = [h.strip() for value in request.headers.getlist("x-forwarded-for")
+                for h in value.split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self._trusted(hop):
+                return hop[:64]
+        return hops[0][:64] if hops else peer
+
+
+# --- rate limits ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: float  # epoch seconds when a slot frees up
+
+    def headers(self, now: float) -> dict[str, str]:
+        headers = {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(max(0, self.remaining)),
+                   "X-RateLimit-Reset": str(math.ceil(self.reset))}
+        if not self.allowed:
+            headers["Retry-After"] = str(max(1, math.ceil(self.reset - now)))
+        return headers
+
+
+def limiter_storage(settings: Settings) -> Storage:
+    if settings.use_redis:
+        # short timeouts: a stuck Redis must cost a request a moment, not hang it
+        return storage_from_string(f"async+{settings.redis_url}", implementation="redispy",
+                                   wrap_exceptions=True, key_prefix="image2model-limits",
+                                   socket_timeout=2.0, socket_connect_timeout=2.0)
+    return MemoryStorage()
+
+
+class RateLimiter:
+    """Named groups of limits ("api", "upload") counted per caller identity."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.groups: dict[str, list[RateLimitItem]] = {
+            "api": parse_many(settings.rate_limit_api) if settings.rate_limit_api.strip() else [],
+            "upload": parse_many(settings.rate_limit_upload) if settings.rate_limit_upload.strip() else [],
+        }
+        self._main: MovingWindowRateLimiter | None = None  # built on first use, inside the loop
+        self._fallback: MovingWindowRateLimiter | None = None
+        self._warned_at = 0.0
+
+    def _strategies(self) -> tuple[MovingWindowRateLimiter, MovingWindowRateLimiter]:
+        if self._main is None or self._fallback is None:
+            self._main = MovingWindowRateLimiter(limiter_storage(self.settings))
+            self._fallback = MovingWindowRateLimiter(MemoryStorage())
+        return self._main, self._fallback
+
+    async def hit(self, group: str, identity: str) -> Verdict | None:
+        """Count one request against every limit of the group; the tightest verdict."""
+        verdicts = [await self._hit_one(item, group, identity) for item in self.groups.get(group, [])]
+        if not verdicts:
+            return None
+        refused = [v for v in verdicts if not v.allowed]
+        if refused:
+            return max(refused, key=lambda v: v.reset)
+        return min(verdicts, key=lambda v: v.remaining)
+
+    async def _hit_one(self, item: RateLimitItem, group: str, identity: str) -> Verdict:
+        main, fallback = self._strategies()
+        try:
+            return await self._verdict(main, item, group, identity)
+        except StorageError:
+            if time.monotonic() - self._warned_at > 60:
+                self._warned_at = time.monotonic()
+                log.warning("rate-limit storage unreachable; counting in this process only for now")
+            return await self._verdict(fallback, item, group, identity)
+
+    @staticmethod
+    async def _verdict(strategy: MovingWindowRateLimiter, item: RateLimitItem, group: str,
+                       identity: str) -> Verdict:
+        allowed = await strategy.hit(item, group, identity)
+        stats = await strategy.get_window_stats(item, group, identity)
+        return Verdict(allowed, item.amount, stats.remaining, stats.reset_time)
+
+
+# --- the caller ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Caller:
+    key_owner: str | None  # owner id of the presented key; None without one
+    auth_required: bool  # API_KEYS is set
+    address: str
+
+    @property
+    def job_owner(self) -> str:
+        """Recorded on jobs this caller creates."""
+        return self.key_owner or ""
+
+    @property
+    def owner_filter(self) -> str | None:
+        """What the job service matches a job's owner against; None (anyone) when open."""
+        return self.key_owner if self.auth_required else None
+
+    def may_download(self, job_owner: str) -> bool:
+        """Files of a page-made job (owner "") are reachable by its unguessable id, since a
+        browser cannot send a key; a key's jobs only with that key."""
+        return not self.auth_required or job_owner == "" or job_owner == self.key_owner
+
+
+class ApiSecurity:
+    def __init__(self, settings: Settings):
+        self.keys = ApiKeys(settings.api_key_list)
+        self.address = ClientAddress(settings.trusted_proxy_list)
+        self.limiter = RateLimiter(settings)
+
+    def dependency(self, *, key_required: bool = True, groups: tuple[str, ...] = ("api",)
+                   ) -> Callable[..., Awaitable[Caller]]:
+        """A FastAPI dependency: count the request, then check the key (so guessing keys is
+        rate-limited too)."""
+
+        async def caller(request: Request,
+                         credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
+            presented = credentials.credentials if credentials else None
+            owner = self.keys.owner_for(presented) if self.keys.required else None
+            address = self.address(request)
+            await self._count(request, f"key:{owner}" if owner else f"ip:{address}", groups)
+            if self.keys.required:
+                if presented and owner is None:
+                    raise unauthorized("invalid_api_key", "That API key is not valid.")
+                if owner is None and key_required:
+                    raise unauthorized("missing_api_key",
+                                       "This API needs a key: send the header 'Authorization: Bearer <key>'.")
+            return Caller(owner, self.keys.required, address)
+
+        return caller
+
+    async def _count(self, request: Request, identity: str, groups: tuple[str, ...]) -> None:
+        now = time.time()
+        for group in groups:
+            verdict = await self.limiter.hit(group, identity)
+            if verdict is None:
+                continue
+            headers = verdict.headers(now)
+            setattr(request.state, RATE_STATE, headers)
+            if not verdict.allowed:
+                wait = headers["Retry-After"]
+                raise HttpAppError("rate_limited", f"Too many requests; try again in {wait} s.", 429,
+                                   {"limit": verdict.limit, "retry_after": int(wait)}, headers=headers)
+
+
+def unauthorized(code: str, message: str) -> HttpAppError:
+    return HttpAppError(code, message, 401, headers={"WWW-Authenticate": "Bearer"})
+
+
+# --- response headers and CORS -------------------------------------------------------------
+API_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; sandbox",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class SecurityHeaders:
+    """Pure ASGI (streams pass straight through): hardening headers for the API and its
+    downloads, nosniff for the docs, nothing for the page."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if is_api_path(path):
+            extra = API_HEADERS
+        elif path in DOCS_PATHS:
+            extra = {"X-Content-Type-Options": "nosniff"}
+        else:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in extra.items():
+                    headers[name] = value
+                headers.setdefault("Cache-Control", "no-store")
+                rate: dict[str, str] | None = (scope.get("state") or {}).get(RATE_STATE)
+                for name, value in (rate or {}).items():
+                    headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class ApiCors:
+    """CORS for the API only (CORS_ORIGINS); the page keeps Gradio's own CORS handling."""
+
+    def __init__(self, app: ASGIApp, origins: list[str]):
+        self.app = app
+        self.cors = CORSMiddleware(
+            app, allow_origins=origins, allow_credentials=False,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Range", "If-None-Match"],
+            expose_headers=["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
+                            "Content-Disposition", "ETag", "Location", "Content-Range"],
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and is_api_path(scope.get("path", "")):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def install_security(app: Any, settings: Settings) -> None:
+    """Middleware (CORS inside, headers outside, so errors and preflights get headers too)
+    and the start-up warnings."""
+    origins = settings.cors_origin_list
+    if origins:
+        app.add_middleware(ApiCors, origins=origins)
+    app.add_middleware(SecurityHeaders)
+    keys = settings.api_key_list
+    if not keys:
+        log.warning("API_KEYS is not set: the REST API at %s is open to anyone who can reach this server",
+                    API_PREFIX)
+    elif any(len(k) < 16 for k in keys):
+        log.warning("an API key in API_KEYS is shorter than 16 characters; long random keys are safer")
