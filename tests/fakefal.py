@@ -430,6 +430,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 drops connections when 25 workers call at once,
+    # and each dropped SYN costs the client a 1 s retransmit: real FAL has no such limit.
+    request_queue_size = 256
     fake: "FakeFal"
 
 

@@ -179,3 +179,13 @@ def test_deleting_a_job_wakes_its_waiters(store) -> None:  # noqa: ANN001
     woke = store.wait_for_change(job.id, since, timeout=5)
     assert woke is not None and time.monotonic() - started < 2
     assert store.get(job.id) is None
+
+
+def test_cancel_requested_is_cheap_and_knows_gone_jobs(store) -> None:  # noqa: ANN001
+    job = new_job()
+    store.create(job)
+    assert store.cancel_requested(job.id) is False
+    store.request_cancel(job.id)
+    assert store.cancel_requested(job.id) is True
+    store.delete(job.id)
+    assert store.cancel_requested(job.id) is None

@@ -173,6 +173,10 @@ class RedisJobStore(JobStore):
         self.redis.publish(CHANNEL, f"{job_id} {version}")
         return True
 
+    def cancel_requested(self, job_id: str) -> bool | None:
+        raw = self.redis.hget(self._job_key(job_id), "meta")
+        return None if raw is None else bool(json.loads(raw).get("cancel_requested"))
+
     def delete(self, job_id: str) -> None:
         items = self.redis.hkeys(self._items_key(job_id))
         pipe = self.redis.pipeline(transaction=True)

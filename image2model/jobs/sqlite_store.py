@@ -186,6 +186,12 @@ class SqliteJobStore(JobStore):
         self.changes.notify(job_id, version)
         return True
 
+    def cancel_requested(self, job_id: str) -> bool | None:
+        row = self._conn.execute("SELECT data, created_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None or self._expired(row[1]):
+            return None
+        return bool(json.loads(row[0]).get("cancel_requested"))
+
     def delete(self, job_id: str) -> None:
         def remove(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM items WHERE job_id = ?", (job_id,))

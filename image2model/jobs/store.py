@@ -85,6 +85,10 @@ class JobStore(ABC):
     def request_cancel(self, job_id: str) -> bool: ...
 
     @abstractmethod
+    def cancel_requested(self, job_id: str) -> bool | None:
+        """Whether the job was cancelled (None: it is gone); cheap, workers ask it often."""
+
+    @abstractmethod
     def delete(self, job_id: str) -> None: ...
 
     # --- queries for housekeeping -------------------------------------------------------

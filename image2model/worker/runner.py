@@ -30,7 +30,7 @@ from image2model.storage import FileStore
 log = logging.getLogger(__name__)
 
 CANCEL_CHECK_SECONDS = 0.5
-PROGRESS_WRITE_SECONDS = 0.25
+PROGRESS_WRITE_SECONDS = 0.5  # at most two progress writes a second per item
 
 
 class OwnershipLost(Exception):
@@ -106,8 +106,7 @@ class LiveItemRun:
         now = time.monotonic()
         if now - self._cancel_checked_at >= CANCEL_CHECK_SECONDS:
             self._cancel_checked_at = now
-            job = self.store.get(self.job_id)
-            self._cancelled = job is None or job.cancel_requested
+            self._cancelled = self.store.cancel_requested(self.job_id) is not False
         if self._cancelled:
             raise ItemCancelled()
         if time.time() > self.deadline:
