@@ -1,17 +1,381 @@
-"""The Gradio page (placeholder: replaced by the UI issue)."""
+"""The Gradio page: photos in, 3D models to look at and download out.
+
+The page never does the work itself: it creates jobs through the job service and then only
+watches the job store, so closing the tab never stops a job, and reloading the page (its
+address carries ?job=<id>) re-attaches to it. Every event here is private; the named API for
+scripts lives in ui_api.py.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import gradio as gr
 
+from image2model.errors import AppError
+from image2model.examples import EXAMPLE_SETS, example_paths
+from image2model.providers.catalog import LOCAL_MODEL, ModelSpec, catalog
 from image2model.runtime import Runtime
+from image2model.web.ui_api import follow_job, register_api
+from image2model.web.ui_files import export_model, export_zip, upload_problems, uploads_from
+from image2model.web.ui_form import (
+    FAL_HINT,
+    MODE_CHOICES,
+    ParamForm,
+    available_models,
+    build_form,
+    default_model,
+    mode_props,
+    model_choices,
+    model_info,
+    options_for,
+    seed_update,
+)
+from image2model.web.ui_state import SET_URL_JS, job_from_query, recent_choices, remember, still_there
+from image2model.web.ui_style import UI_CSS, UI_HEAD, UI_THEME
+from image2model.web.ui_view import (
+    TABLE_HEADERS,
+    finished_items,
+    friendly,
+    model_file,
+    notice_html,
+    progress_html,
+    result_choices,
+    stats_text,
+    table_rows,
+)
 
-UI_THEME = None
-UI_CSS = ""
-UI_HEAD = ""
+__all__ = ["UI_CSS", "UI_HEAD", "UI_THEME", "build_ui"]
+
+WATCH_EVERY = 0.75  # seconds between refreshes of elapsed times while nothing else changes
+NOT_FOUND = "That job was not found; it may have expired."
+PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 
 def build_ui(runtime: Runtime) -> gr.Blocks:
-    with gr.Blocks(title="image2model") as blocks:
-        gr.Markdown("# image2model")
-    return blocks
+    return Page(runtime).build()
+
+
+def note(message: str, kind: str = "error") -> dict[str, Any]:
+    """A message box update that hides the box when there is nothing to say."""
+    return gr.update(value=notice_html(message, kind), visible=bool(message))
+
+
+def first_model(runtime: Runtime, specs: list[ModelSpec]) -> str:
+    """The configured default when it is offered here, else the first model offered."""
+    ids = [spec.id for spec in specs]
+    try:
+        wanted = default_model(runtime.settings)
+    except AppError:
+        wanted = ""
+    return wanted if wanted in ids else ids[0]
+
+
+def count_validator(max_images: int, inputs: int):  # noqa: ANN201 - a Gradio validator
+    """Refuse 0 or too many photos next to the upload box, before anything is sent on."""
+
+    def validate(chosen: list[str] | None, *_: Any) -> list[dict[str, Any]]:
+        count = len(chosen or [])
+        if count == 0:
+            message = "Please add at least one photo."
+        elif count > max_images:
+            message = f"You added {count} photos; the limit is {max_images} per job. Please remove some."
+        else:
+            message = ""
+        return [gr.validate(not message, message)] + [gr.validate(True, "")] * (inputs - 1)
+
+    return validate
+
+
+class Page:
+    """The page's components, and what each of its events does."""
+
+    form: ParamForm
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.service = runtime.service
+        self.specs = available_models(self.settings)
+        self.start_model = first_model(runtime, self.specs)
+        self.latest: dict[str, object] = {}  # session -> token of its newest watcher; older ones stop
+
+    def build(self) -> gr.Blocks:
+        with gr.Blocks(title="image2model: photos to 3D models") as demo:
+            gr.Markdown("# Photos to 3D models\nAdd photos of an object, pick a model, and press **Generate**. "
+                        "You can turn each model around here and download it.", elem_id="intro")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=5, min_width=320):
+                    self._inputs()
+                with gr.Column(scale=7, min_width=320):
+                    self._results()
+            self.job_box = gr.Textbox(visible=False, elem_id="job-id")
+            # What this tab shows (job id, result index). Kept in the page rather than in a
+            # gr.State: a State makes every client hold a heartbeat connection open.
+            self.view_state = gr.JSON({"job": "", "index": None}, visible=False)
+            self.recent = gr.BrowserState([], storage_key=self.settings.browser_state_key,
+                                          secret=self.settings.browser_state_secret)
+            register_api(self.runtime)
+            self._wire(demo)
+        return demo
+
+    # --- layout -------------------------------------------------------------------------------
+    def _inputs(self) -> None:
+        spec = catalog()[self.start_model]
+        self.files = gr.File(label=f"Photos (1 to {self.settings.max_images})", file_count="multiple",
+                             file_types=["image"], type="filepath", elem_id="images", height=150)
+        self.thumbs = gr.Gallery(label="Your photos", show_label=False, columns=6, height=150, object_fit="contain",
+                                 fit_columns=False, allow_preview=False, interactive=False, buttons=[],
+                                 visible=False, elem_id="thumbs")
+        self.upload_note = gr.HTML(elem_id="upload-note", visible=False)
+        self.model = gr.Dropdown(model_choices(self.settings), value=self.start_model, label="Model",
+                                 elem_id="model")
+        self.model_line = gr.Markdown(model_info(spec), elem_id="model-info")
+        if not self.settings.fal_configured:
+            gr.Markdown(FAL_HINT, elem_id="fal-hint")
+        self.mode = gr.Radio(MODE_CHOICES, label="Mode", elem_id="mode", **mode_props(spec))
+        with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
+            with gr.Row(visible=spec.param("seed") is not None) as self.seed_row:
+                self.seed = gr.Number(label="Seed", precision=0, minimum=0, elem_id="seed",
+                                      info="The seed used is shown here after you press Generate.")
+                self.randomize = gr.Checkbox(value=True, label="Randomize seed", elem_id="randomize")
+            self.form = build_form(self.specs, self.start_model)
+        with gr.Row():
+            self.generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+            self.cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel", interactive=False)
+        self.notice = gr.HTML(elem_id="notice", visible=False)
+        self.examples = gr.Examples(
+            [[example_paths(names)] for _, names in EXAMPLE_SETS], inputs=[self.files],
+            example_labels=[title for title, _ in EXAMPLE_SETS], label="Examples (run on the offline model)",
+            api_visibility="private", elem_id="examples",
+        )
+
+    def _results(self) -> None:
+        self.progress = gr.HTML(elem_id="progress")
+        self.table = gr.Dataframe(headers=TABLE_HEADERS, datatype="str", interactive=False, wrap=True,
+                                  label="Images", elem_id="items", max_height=320)
+        self.viewer = gr.Model3D(label="3D model", elem_id="viewer", height=420, clear_color=(0.94, 0.95, 0.96, 1.0))
+        self.result_pick = gr.Dropdown([], label="Show result", elem_id="result-pick", interactive=True)
+        self.stats = gr.Markdown(elem_id="stats")
+        with gr.Row(equal_height=True):
+            self.glb_btn = gr.DownloadButton("Download GLB", elem_id="download-glb", interactive=False)
+            self.zip_btn = gr.Button("Download all (ZIP)", elem_id="download-zip", interactive=False)
+        with gr.Row(equal_height=True):
+            self.fmt = gr.Dropdown([("OBJ (zipped with its texture)", "obj"), ("STL", "stl"), ("PLY", "ply")],
+                                   value="obj", label="Other format", elem_id="format", scale=2)
+            self.convert_btn = gr.Button("Convert", elem_id="convert", interactive=False, scale=1)
+        self.export_file = gr.File(label="Your download", elem_id="export", visible=False, interactive=False)
+        with gr.Accordion("Recent jobs", open=False, elem_id="recent-jobs"):
+            self.recent_pick = gr.Dropdown([], label="Open a recent job", elem_id="recent-pick",
+                                           info="Kept in this browser.")
+
+    # --- wiring -------------------------------------------------------------------------------
+    def _wire(self, demo: gr.Blocks) -> None:
+        start_outputs = [self.job_box, self.notice, self.seed, self.recent, self.recent_pick]
+        start_inputs = [self.files, self.model, self.mode, self.seed, self.randomize, self.recent,
+                        *self.form.inputs]
+        self._then_watch(self.generate_btn.click(
+            self.start, start_inputs, start_outputs, concurrency_limit=None, show_progress="minimal",
+            validator=count_validator(self.settings.max_images, len(start_inputs)), **PRIVATE))
+        self._then_watch(self.examples.load_input_event.then(
+            self.start_example, [self.files, self.recent], [self.model, *start_outputs], concurrency_limit=None,
+            show_progress="minimal", **PRIVATE))
+        self._then_watch(self.recent_pick.input(self.open_recent, [self.recent_pick], [self.job_box, self.notice],
+                                                concurrency_limit=None, **PRIVATE))
+        self._then_watch(demo.load(self.on_load, [self.recent],
+                                   [self.job_box, self.notice, self.recent, self.recent_pick],
+                                   concurrency_limit=None, **PRIVATE))
+
+        self.files.change(self.show_uploads, [self.files], [self.thumbs, self.upload_note, self.notice],
+                          concurrency_limit=4, show_progress="hidden", **PRIVATE)
+        self.model.change(self.pick_model, [self.model, self.mode],
+                          [self.mode, self.model_line, self.seed_row, self.seed, *self.form.groups.values(),
+                           *self.form.inputs], concurrency_limit=None, show_progress="hidden", **PRIVATE)
+        self.cancel_btn.click(self.cancel, [self.job_box], [self.notice], concurrency_limit=None, **PRIVATE)
+        self.result_pick.input(self.show_result, [self.job_box, self.result_pick],
+                               [self.viewer, self.stats, self.glb_btn, self.notice, self.view_state],
+                               concurrency_limit=None, **PRIVATE)
+        self.convert_btn.click(self.export, [self.job_box, self.result_pick, self.fmt],
+                               [self.export_file, self.notice], concurrency_limit=2, **PRIVATE)
+        self.zip_btn.click(self.export_all, [self.job_box], [self.export_file, self.notice], concurrency_limit=2,
+                           **PRIVATE)
+
+    def _then_watch(self, event: Any) -> None:
+        """After `event` chose a job: put it in the URL, then follow it. A failed start leaves
+        the job box as it was, and the new watcher carries on with that job where it was."""
+        watch_outputs = [self.progress, self.table, self.viewer, self.result_pick, self.stats, self.glb_btn,
+                         self.cancel_btn, self.zip_btn, self.convert_btn, self.export_file, self.notice,
+                         self.view_state]
+        event.then(None, [self.job_box], None, js=SET_URL_JS, **PRIVATE).then(
+            self.watch, [self.job_box, self.view_state], watch_outputs, concurrency_limit=None,
+            show_progress="hidden", **PRIVATE)
+
+    # --- choosing photos, model and settings ---------------------------------------------------
+    def show_uploads(self, chosen: list[str] | None) -> tuple[Any, Any, Any]:
+        """Thumbnails with names, and what is wrong with the photos, said at once."""
+        uploads = uploads_from(chosen)
+        problems = upload_problems(chosen, self.settings)
+        gallery = [(str(u.path), u.name) for u in uploads[: self.settings.max_images]]
+        # a notice about the previous photos would now be out of date
+        return gr.update(value=gallery or None, visible=bool(gallery)), note(" ".join(problems)), note("")
+
+    def pick_model(self, model_id: str, current_mode: str) -> list[Any]:
+        """A new model: its modes, its description, its settings at their defaults."""
+        spec = catalog()[model_id]
+        row, seed_value = seed_update(spec)
+        return [gr.update(**mode_props(spec, current_mode)), model_info(spec), row, seed_value,
+                *self.form.reset(model_id)]
+
+    # --- starting and attaching ----------------------------------------------------------------
+    def start(self, chosen: list[str] | None, model_id: str, mode_value: str, seed_value: Any,
+              random_seed: bool, stored: Any, *flat: Any) -> list[Any]:
+        try:
+            options = options_for(catalog()[model_id], self.form, list(flat), seed_value, random_seed)
+        except Exception as exc:  # noqa: BLE001 - shown in words, never as a traceback
+            return [gr.skip(), note(friendly(exc)), gr.skip(), gr.skip(), gr.skip()]
+        return self.launch(chosen, model_id, mode_value, options, stored)
+
+    def start_example(self, chosen: list[str] | None, stored: Any) -> list[Any]:
+        """Examples always run on the offline model with its defaults."""
+        return [gr.update(value=LOCAL_MODEL), *self.launch(chosen, LOCAL_MODEL, "per_image", {}, stored)]
+
+    def launch(self, chosen: list[str] | None, model_id: str, mode_value: str, options: dict[str, Any],
+               stored: Any) -> list[Any]:
+        """Create the job through the job service; errors become a notice in plain words."""
+        try:
+            job = self.service.create_job(uploads_from(chosen), model=model_id, mode=mode_value, params=options)
+        except Exception as exc:  # noqa: BLE001
+            return [gr.skip(), note(friendly(exc)), gr.skip(), gr.skip(), gr.skip()]
+        used_seed = job.params.get("seed")
+        updated = remember(stored, job)
+        return [job.id, note(""), used_seed if used_seed is not None else gr.skip(), updated,
+                gr.update(choices=recent_choices(updated), value=None)]
+
+    def on_load(self, stored: Any, request: gr.Request) -> list[Any]:
+        """Re-attach to ?job=<id>, and drop expired jobs from the recent list."""
+        kept = still_there(self.service, stored)
+        choices = gr.update(choices=recent_choices(kept), value=None)
+        query = dict(request.query_params) if request else {}
+        job_id = job_from_query(query)
+        if (query.get("job") and not job_id) or (job_id and not self.job_exists(job_id)):
+            return ["", note(NOT_FOUND), kept, choices]
+        return [job_id, note(""), kept, choices]
+
+    def open_recent(self, job_id: str | None) -> list[Any]:
+        if not job_id or not self.job_exists(job_id):
+            return [gr.skip(), note(NOT_FOUND)]
+        return [job_id, note("")]
+
+    def job_exists(self, job_id: str) -> bool:
+        try:
+            self.service.get(job_id)
+        except AppError:
+            return False
+        return True
+
+    # --- following a job --------------------------------------------------------------------
+    async def watch(self, job_id: str, viewing: dict[str, Any] | None,
+                    request: gr.Request) -> AsyncIterator[dict[Any, Any]]:
+        """Follow the job in the store and refresh the page; stops when the job finishes, when
+        the tab closes, or when this tab starts watching another job."""
+        session = getattr(request, "session_hash", None) or ""
+        token = object()
+        self.latest[session] = token
+        viewing = viewing if isinstance(viewing, dict) else {}
+        resume = bool(job_id) and viewing.get("job") == job_id  # same job: keep what the tab shows
+        shown = viewing.get("index") if resume else None
+        offered = -1
+        update: dict[Any, Any] = {self.progress: gr.skip()}
+        try:
+            if not job_id:
+                yield update
+                return
+            async for status in follow_job(self.service, job_id, every=WATCH_EVERY):
+                if self.latest.get(session) is not token:
+                    return
+                update = self.refresh(status)
+                picked: dict[str, Any] = {}
+                if not resume:
+                    update.update(self.clear_results(job_id))
+                    resume, picked = True, {"value": None}
+                done = finished_items(status)
+                if shown is None and done:
+                    shown = done[0]["index"]
+                    update.update(self.show_item(job_id, done[0]))
+                    picked = {"value": shown}
+                if len(done) != offered:
+                    offered = len(done)
+                    update[self.result_pick] = gr.update(choices=result_choices(status), **picked)
+                    update[self.zip_btn] = gr.update(interactive=bool(done))
+                    update[self.convert_btn] = gr.update(interactive=bool(done))
+                yield update
+            if self.viewer in update:
+                # Gradio repeats a generator's last update when it completes; a second identical
+                # Model3D value while its 3D code is still loading leaves the viewer blank (seen
+                # on 6.31 when re-attaching to a finished job), so end on another update.
+                yield {self.cancel_btn: gr.update(interactive=False)}
+        except Exception as exc:  # noqa: BLE001
+            yield {self.notice: note(friendly(exc)), self.cancel_btn: gr.update(interactive=False)}
+        finally:
+            if self.latest.get(session) is token:
+                del self.latest[session]
+
+    def refresh(self, status: dict[str, Any]) -> dict[Any, Any]:
+        """What changes on every status: the bar, the table, whether Cancel makes sense."""
+        update = {self.progress: progress_html(status), self.table: table_rows(status),
+                  self.cancel_btn: gr.update(interactive=not status["finished"])}
+        if status["state"] == "cancelled":
+            update[self.notice] = note("")  # "Cancelling..." has done its job
+        return update
+
+    def clear_results(self, job_id: str) -> dict[Any, Any]:
+        """Another job: forget the last one's viewer, picks and downloads."""
+        return {self.viewer: None, self.stats: "", self.glb_btn: gr.update(value=None, interactive=False),
+                self.export_file: gr.update(value=None, visible=False),
+                self.view_state: {"job": job_id, "index": None}}
+
+    def show_item(self, job_id: str, item: dict[str, Any]) -> dict[Any, Any]:
+        path = str(self.runtime.files.result_path(job_id, model_file(item)["name"]))  # type: ignore[index]
+        return {self.viewer: path, self.stats: stats_text(item),
+                self.glb_btn: gr.update(value=path, interactive=True),
+                self.view_state: {"job": job_id, "index": item["index"]}}
+
+    # --- results ------------------------------------------------------------------------------
+    def show_result(self, job_id: str, index: Any) -> dict[Any, Any]:
+        try:
+            status = self.service.status(self.service.get(job_id))
+            item = next(i for i in finished_items(status) if i["index"] == int(index))
+            return self.show_item(job_id, item)
+        except (StopIteration, TypeError, ValueError):
+            return {self.notice: note("That model is not ready yet.")}
+        except Exception as exc:  # noqa: BLE001
+            return {self.notice: note(friendly(exc))}
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        if not job_id:
+            return note("There is no job to cancel.")
+        try:
+            status = self.service.status(self.service.cancel(job_id))
+        except Exception as exc:  # noqa: BLE001
+            return note(friendly(exc))
+        if status["finished"]:
+            return note("The job had already finished; its results are kept.", "info")
+        return note("Cancelling: images that are waiting will not start, running ones stop.", "info")
+
+    def export(self, job_id: str, index: Any, chosen_fmt: str) -> dict[Any, Any]:
+        """The shown model in another format, made now (and kept for the next download)."""
+        try:
+            if index is None:
+                raise AppError("file_not_found", "Pick a finished model first.", 404)
+            path = export_model(self.service, self.runtime.files, job_id, int(index), chosen_fmt)
+        except Exception as exc:  # noqa: BLE001
+            return {self.notice: note(friendly(exc))}
+        return {self.export_file: gr.update(value=str(path), visible=True), self.notice: note("")}
+
+    def export_all(self, job_id: str) -> dict[Any, Any]:
+        try:
+            path = export_zip(self.service, self.runtime.files, job_id)
+        except Exception as exc:  # noqa: BLE001
+            return {self.notice: note(friendly(exc))}
+        return {self.export_file: gr.update(value=str(path), visible=True), self.notice: note("")}

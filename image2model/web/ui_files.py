@@ -1,0 +1,107 @@
+"""Files between the page and the job service: uploads in, conversions and ZIPs out.
+
+Exports are made on demand into `<job dir>/exports/`, which is inside the data directory the
+app lets Gradio serve, and disappears with the job when it expires.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from image2model.config import Settings
+from image2model.errors import AppError
+from image2model.jobs.model import Job
+from image2model.jobs.service import JobService, Upload
+from image2model.media.archive import write_zip
+from image2model.media.images import inspect_image
+from image2model.media.meshes import convert
+from image2model.storage import FileStore, safe_name
+
+
+def upload_path(file: Any) -> str:
+    """The temp path of one gr.File value (a path string, or an object with `.name`/`path`)."""
+    if isinstance(file, dict):
+        return str(file.get("path") or file.get("name"))
+    return str(getattr(file, "path", None) or getattr(file, "name", None) or file)
+
+
+def uploads_from(files: Sequence[Any] | None) -> list[Upload]:
+    """Gradio keeps each upload's original name as the temp file's base name."""
+    paths = [Path(upload_path(f)) for f in files or []]
+    return [Upload(name=path.name, path=path) for path in paths]
+
+
+def upload_problems(files: Sequence[Any] | None, settings: Settings) -> list[str]:
+    """What is wrong with these uploads, said plainly, before anything is submitted.
+
+    The job service checks all of this again; this only lets the page say it early.
+    """
+    uploads = uploads_from(files)
+    problems = []
+    if len(uploads) > settings.max_images:
+        problems.append(f"You added {len(uploads)} images; the limit is {settings.max_images} per job. "
+                        "Please remove some.")
+    limit = settings.max_image_mb * 1024 * 1024
+    for upload in uploads[: settings.max_images + 5]:
+        try:
+            if upload.path.stat().st_size > limit:
+                problems.append(f"'{upload.name}' is larger than {settings.max_image_mb:g} MB.")
+                continue
+            inspect_image(upload.path, upload.name, settings.max_image_pixels)
+        except AppError as exc:
+            problems.append(exc.message)
+        except OSError:
+            problems.append(f"'{upload.name}' could not be read; please add it again.")
+    return problems
+
+
+def exports_dir(files: FileStore, job_id: str) -> Path:
+    return files.job_dir(job_id) / "exports"
+
+
+def _fresh(target: Path, source: Path) -> bool:
+    return target.is_file() and target.stat().st_mtime >= source.stat().st_mtime
+
+
+def export_model(service: JobService, files: FileStore, job_id: str, index: int, fmt: str) -> Path:
+    """The model of item `index` as `fmt` (glb, obj as a zip with its texture, stl, ply)."""
+    job = service.get(job_id)
+    if not 0 <= index < len(job.items) or job.items[index].model_file is None:
+        raise AppError("file_not_found", "That model is not ready yet.", 404)
+    source = files.result_path(job_id, job.items[index].model_file.name)
+    fmt = fmt.lower()
+    if fmt == "glb":
+        return source
+    suffix = ".obj.zip" if fmt == "obj" else f".{fmt}"
+    target = exports_dir(files, job_id) / safe_name(f"{source.stem}{suffix}")
+    if not _fresh(target, source):
+        data, _, _ = convert(source, fmt)
+        files.write_atomic(target, [data])
+    return target
+
+
+def result_paths(files: FileStore, job: Job) -> list[Path]:
+    """Every result file (models and previews) of the finished items, in job order."""
+    paths = []
+    for item in job.items:
+        for result in item.files:
+            try:
+                paths.append(files.result_path(job.id, result.name))
+            except AppError:
+                continue  # listed but gone (expired or deleted): leave it out
+    return paths
+
+
+def export_zip(service: JobService, files: FileStore, job_id: str) -> Path:
+    """All results of the job in one ZIP, rebuilt only when the set of results changed."""
+    job = service.get(job_id)
+    paths = result_paths(files, job)
+    if not paths:
+        raise AppError("file_not_found", "No model is ready yet, so there is nothing to download.", 404)
+    target = exports_dir(files, job_id) / f"image2model-{job_id[:8]}-{len(paths)}-files.zip"
+    if not target.is_file() or target.stat().st_mtime < max(os.path.getmtime(p) for p in paths):
+        write_zip(paths, target)
+    return target

@@ -1,0 +1,34 @@
+"""How the page looks: theme, CSS and head (app.py passes them to mount_gradio_app, since
+Gradio 6 ignores them on Blocks when mounted)."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+UI_THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="slate", neutral_hue="slate")
+UI_HEAD = '<meta name="description" content="Turn photos into 3D models you can look at and download.">'
+UI_CSS = """
+/* width: a flex item with auto margins shrinks to its content; at phone width the two
+   columns would then sit side by side, wider than the screen */
+.gradio-container { max-width: 1280px !important; width: 100% !important; margin: 0 auto !important; }
+#intro p { margin: 0; }
+.i2m-notice { padding: 10px 14px; border-radius: 8px; font-size: 15px; }
+.i2m-error { background: #fdecec; color: #8a1c1c; border: 1px solid #f3b4b4; }
+.i2m-info { background: #eef5ff; color: #1d3f73; border: 1px solid #bcd4f6; }
+.i2m-job-id { margin: 0 0 6px 0; font-size: 13px; color: var(--body-text-color-subdued); word-break: break-all; }
+.i2m-progress { height: 14px; border-radius: 7px; background: var(--neutral-200); overflow: hidden; }
+.i2m-progress-bar { height: 100%; background: var(--primary-500); transition: width 0.4s ease; }
+.i2m-job[data-state="failed"] .i2m-progress-bar { background: #d64545; }
+.i2m-job[data-state="cancelled"] .i2m-progress-bar { background: var(--neutral-400); }
+.i2m-progress-text { margin: 6px 0 0 0; font-weight: 600; }
+.i2m-hint { margin: 4px 0 0 0; font-size: 13px; color: var(--body-text-color-subdued); }
+#items { overflow-x: auto; }
+#items th span { white-space: nowrap; }
+#thumbs .caption-label { font-size: 11px; padding: 0 4px; bottom: 2px; max-width: 92%; }
+#model input { text-overflow: ellipsis; padding-right: 28px; }
+@media (max-width: 640px) {
+  .gradio-container { padding: 6px !important; }
+  /* the viewer fits the model to its height; a tall, narrow canvas cuts off wide models */
+  #viewer { height: 300px !important; }
+}
+"""

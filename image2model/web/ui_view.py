@@ -1,0 +1,126 @@
+"""Turn the public job status (`job_status(job)`) into what the page shows.
+
+Pure functions of the status dict, so the page shows exactly what REST and the Gradio API
+report, and these can be tested without a browser.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from typing import Any
+
+from image2model.errors import AppError
+
+log = logging.getLogger(__name__)
+
+TABLE_HEADERS = ["Image", "State", "Progress", "Message", "Time"]
+STATE_WORDS = {"queued": "Waiting", "running": "Working", "succeeded": "Done", "failed": "Failed",
+               "cancelled": "Cancelled"}
+JOB_WORDS = {"queued": "Waiting for a worker", "running": "Working", "succeeded": "Finished",
+             "partial": "Finished, but some images failed", "failed": "Failed", "cancelled": "Cancelled"}
+UNEXPECTED = "Something went wrong on the server. Please try again; if it keeps happening, tell whoever runs it."
+
+
+def friendly(exc: BaseException) -> str:
+    """Words for a person: our own errors carry them; anything else is logged, not shown."""
+    if isinstance(exc, AppError):
+        return exc.message
+    log.exception("unexpected error in the page", exc_info=exc)
+    return UNEXPECTED
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+
+def size_text(size: int | None) -> str:
+    if not size:
+        return ""
+    if size < 1024 * 1024:
+        return f"{size / 1024:.0f} KB"
+    return f"{size / 1048576:.1f} MB"
+
+
+def item_message(item: dict[str, Any]) -> str:
+    """A failed item shows why; the others show the worker's latest message."""
+    if item.get("error"):
+        return item["error"]["message"]
+    return item.get("message") or ""
+
+
+def table_rows(status: dict[str, Any] | None) -> list[list[str]]:
+    if not status:
+        return []
+    return [[item["name"], STATE_WORDS.get(item["state"], item["state"]), f"{item['progress']:.0f}%",
+             item_message(item), duration(item.get("elapsed"))]
+            for item in status["items"]]
+
+
+def progress_html(status: dict[str, Any] | None) -> str:
+    """Which job, an overall bar, and a one-line summary under it."""
+    if not status:
+        return ""
+    percent = float(status["progress"])
+    counts = status["counts"]
+    total = len(status["items"])
+    summary = f"{JOB_WORDS.get(status['state'], status['state'])}: {counts['succeeded']} of {total} " \
+              f"model{'s' if total != 1 else ''} ready"
+    if counts["failed"]:
+        summary += f", {counts['failed']} failed"
+    if counts["cancelled"]:
+        summary += f", {counts['cancelled']} cancelled"
+    done_text = "" if status["finished"] else f"{percent:.0f}% &middot; "
+    hint = "" if status["finished"] else (
+        '<p class="i2m-hint">You can close this page: the job keeps running, and this page\'s '
+        "address (or Recent jobs) brings you back to it.</p>")
+    return (f'<div class="i2m-job" data-state="{html.escape(status["state"])}">'
+            f'<p class="i2m-job-id">Job <code>{html.escape(status["job_id"])}</code></p>'
+            f'<div class="i2m-progress" role="progressbar" aria-valuemin="0" aria-valuemax="100" '
+            f'aria-valuenow="{percent:.0f}"><div class="i2m-progress-bar" style="width:{percent:.1f}%"></div></div>'
+            f'<p class="i2m-progress-text">{done_text}{html.escape(summary)}</p>{hint}</div>')
+
+
+def finished_items(status: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Items with a model file, in job order."""
+    if not status:
+        return []
+    return [item for item in status["items"] if model_file(item)]
+
+
+def model_file(item: dict[str, Any]) -> dict[str, Any] | None:
+    return next((f for f in item.get("files") or [] if f["kind"] == "model"), None)
+
+
+def result_choices(status: dict[str, Any] | None) -> list[tuple[str, int]]:
+    return [(model_file(item)["name"], item["index"]) for item in finished_items(status)]  # type: ignore[index]
+
+
+def stats_text(item: dict[str, Any] | None) -> str:
+    if not item:
+        return ""
+    stats = item.get("stats") or {}
+    parts = []
+    if "vertices" in stats:
+        parts.append(f"{stats['vertices']:,} vertices")
+    if "faces" in stats:
+        parts.append(f"{stats['faces']:,} faces")
+    file = model_file(item)
+    if file:
+        parts.append(size_text(file["size"]))
+    if item.get("elapsed") is not None:
+        parts.append(f"made in {duration(item['elapsed'])}")
+    name = file["name"] if file else item["name"]
+    return f"**{html.escape(name)}** &middot; " + " &middot; ".join(parts)
+
+
+def notice_html(message: str, kind: str = "error") -> str:
+    """A message box: kind is "error" (something to fix) or "info"."""
+    if not message:
+        return ""
+    role = "alert" if kind == "error" else "status"
+    return f'<div class="i2m-notice i2m-{kind}" role="{role}">{html.escape(message)}</div>'

@@ -1,0 +1,170 @@
+"""The named Gradio API, driven by the real gradio_client against the real app on uvicorn.
+
+Offline model ("local/relief", the default without a FAL key) and a FAL model through the fake
+FAL server; SQLite everywhere, and the main path in Redis mode too.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from image2model.examples import EXAMPLES_DIR
+from tests.engine_helpers import load_glb, make_image, wait_until
+
+SQLITE = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+BOTH = pytest.mark.parametrize("backend", ["sqlite", "redis"], indirect=True)
+ENDPOINTS = {"/generate", "/job_status", "/cancel_job", "/models"}
+
+
+@pytest.fixture
+def client_for(tmp_path: Path):  # noqa: ANN201
+    """Real gradio_clients against a live server; closed after the test."""
+    made: list[Client] = []
+
+    def build(server) -> Client:  # noqa: ANN001
+        client = Client(server.url, download_files=str(tmp_path / "downloads"), verbose=False)
+        made.append(client)
+        return client
+
+    yield build
+    for client in made:
+        client.close()
+
+
+def examples(*names: str) -> list[str]:
+    return [str(EXAMPLES_DIR / f"{name}.png") for name in names]
+
+
+@BOTH
+def test_generate_turns_three_images_into_three_glbs(
+        live_server_factory, client_for, tmp_path, backend) -> None:  # noqa: ANN001
+    server = live_server_factory(fal_key="")
+    client = client_for(server)
+    job = client.submit([handle_file(p) for p in examples("duck", "mug", "vase")], api_name="/generate")
+    outputs = list(job)
+    status, files = job.result()
+    assert outputs[-1] == (status, files)
+    assert len(outputs) >= 2, "no status was streamed before the end"
+    assert all(update_files is None for _, update_files in outputs[:-1]), "an intermediate update sent files"
+    assert status["state"] == "succeeded" and status["finished"] and status["model"] == "local/relief"
+    assert [item["name"] for item in status["items"]] == ["duck.png", "mug.png", "vase.png"]
+    assert sorted(Path(f).name for f in files) == ["duck.glb", "mug.glb", "vase.glb"]
+    for path in files:
+        assert len(load_glb(Path(path)).geometry) >= 1
+    # exactly the job service's status shape, also from /job_status
+    service = server.runtime.service
+    assert status == service.status(service.get(status["job_id"]))
+    assert client.predict(status["job_id"], api_name="/job_status") == status
+
+
+@SQLITE
+def test_generate_with_a_fal_model_passes_the_options(
+        live_server_factory, client_for, fake_fal, tmp_path, backend) -> None:  # noqa: ANN001
+    server = live_server_factory()  # FAL_KEY is "test-key"
+    client = client_for(server)
+    status, files = client.predict([handle_file(examples("duck")[0])], "fal-ai/trellis", "per_image",
+                                   {"seed": 7, "texture_size": 512}, api_name="/generate")
+    assert status["state"] == "succeeded", status["items"][0]["error"]
+    assert status["params"]["seed"] == 7 and status["params"]["texture_size"] == 512
+    (submit,) = fake_fal.submits
+    assert submit["arguments"]["seed"] == 7 and submit["arguments"]["texture_size"] == 512
+    assert [Path(f).name for f in files] == ["duck.glb"]
+    assert len(load_glb(Path(files[0])).geometry) >= 1
+    # options may also come as a JSON string; a multi-view model takes all images as one item
+    status, files = client.predict([handle_file(p) for p in examples("duck", "mug", "vase")],
+                                   "fal-ai/hunyuan3d/v2/multi-view", "multi_view", '{"seed": 3}',
+                                   api_name="/generate")
+    assert status["state"] == "succeeded" and len(status["items"]) == 1 and status["params"]["seed"] == 3
+    assert [Path(f).name for f in files] == ["duck.glb"]
+
+
+@SQLITE
+def test_the_api_lists_exactly_four_endpoints_and_the_catalog(
+        live_server_factory, client_for, tmp_path, backend) -> None:  # noqa: ANN001
+    server = live_server_factory(fal_key="")
+    client = client_for(server)
+    api = client.view_api(print_info=False, return_format="dict")
+    assert set(api["named_endpoints"]) == ENDPOINTS
+    assert api["unnamed_endpoints"] == {}
+    generate = api["named_endpoints"]["/generate"]
+    assert [p["parameter_name"] for p in generate["parameters"]] == ["images", "model", "mode", "options"]
+    models = {m["id"]: m for m in client.predict(api_name="/models")}
+    assert models == {m["id"]: m for m in server.runtime.service.models()}
+    assert models["local/relief"]["available"] and models["local/relief"]["default"]
+    assert not models["fal-ai/trellis"]["available"] and "FAL_KEY" in models["fal-ai/trellis"]["unavailable_reason"]
+
+
+@SQLITE
+def test_cancel_job_really_stops_the_job(
+        live_server_factory, client_for, fake_fal, tmp_path, backend) -> None:  # noqa: ANN001
+    fake_fal.set_latency(0.0, 30.0)
+    server = live_server_factory(workers=1)
+    client = client_for(server)
+    job = client.submit([handle_file(p) for p in examples("duck", "mug")], "fal-ai/trellis",
+                        api_name="/generate")
+    job_id = wait_until(lambda: job.outputs() and job.outputs()[0][0]["job_id"], timeout=20)
+    service = server.runtime.service
+    wait_until(lambda: service.get(job_id).items[0].request_id, timeout=20)  # FAL has the first image
+    answer = client.predict(job_id, api_name="/cancel_job")
+    assert answer["job_id"] == job_id
+    status, files = job.result(timeout=30)
+    assert status["state"] == "cancelled" and status["finished"]
+    assert [item["state"] for item in status["items"]] == ["cancelled", "cancelled"]
+    assert not files
+    assert service.get(job_id).items[0].request_id in fake_fal.cancelled
+    assert len(fake_fal.submits) == 1, "the waiting image was sent to FAL after the cancel"
+    assert client.predict(job_id, api_name="/job_status")["state"] == "cancelled"
+
+
+@SQLITE
+def test_mistakes_get_plain_errors_and_create_nothing(
+        live_server_factory, client_for, tmp_path, backend) -> None:  # noqa: ANN001
+    server = live_server_factory(fal_key="")
+    client = client_for(server)
+    twenty_six = [handle_file(str(make_image(tmp_path / "many" / f"p{n}.png", seed=n, size=(24, 24))))
+                  for n in range(26)]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list: milk, eggs")
+    fake_png = tmp_path / "holiday.png"
+    fake_png.write_bytes(b"this is not really a picture")
+    duck = handle_file(examples("duck")[0])
+    cases = [
+        (([],), "/generate", "Please add at least one image."),
+        ((twenty_six,), "/generate", "You sent 26 images; the limit is 25 per job."),
+        (([handle_file(str(notes))],), "/generate", "'notes.txt' is not an image we can read"),
+        (([duck, handle_file(str(fake_png))],), "/generate", "'holiday.png' is not an image we can read"),
+        (([duck], "fal-ai/trellis"), "/generate", "needs a FAL.AI key"),
+        (([duck], "no/such-model"), "/generate", "Unknown model 'no/such-model'"),
+        (([duck], "", "multi_view"), "/generate", "does not take several views"),
+        (([duck], "", "", "not json"), "/generate", "Options must be a JSON object"),
+        (([duck], "", "", {"colour": "red"}), "/generate", "has no parameter 'colour'"),
+        (([duck], "", "", {"resolution": 5}), "/generate", "Parameter 'resolution': 5 is below the minimum 32"),
+        (("0" * 32,), "/job_status", "No job with that id"),
+        (("../etc/passwd",), "/cancel_job", "No job with that id"),
+    ]
+    for args, endpoint, words in cases:
+        with pytest.raises(AppError) as caught:
+            client.predict(*args, api_name=endpoint)
+        message = str(caught.value)
+        assert words.lower() in message.lower(), (endpoint, args[1:], message)
+        assert "Traceback" not in message and "Error:" not in message
+    assert server.runtime.files.job_ids() == [], "a refused request left a job behind"
+
+
+@SQLITE
+def test_an_oversized_image_is_refused_in_words(
+        live_server_factory, client_for, tmp_path, backend) -> None:  # noqa: ANN001
+    server = live_server_factory(fal_key="", max_image_mb=0.01)
+    client = client_for(server)
+    big = tmp_path / "big.png"
+    shutil.copyfile(examples("duck")[0], big)  # 18 KB, over a 10 KB limit
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - the client refuses, or the server does
+        client.predict([handle_file(str(big))], api_name="/generate")
+    message = str(caught.value).lower()
+    assert "exceeds the maximum file size" in message or "limit" in message, message
+    assert server.runtime.files.job_ids() == []
