@@ -3,10 +3,13 @@ cancels jobs only through `JobService`, so validation and limits hold everywhere
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ from image2model.storage import FileStore, safe_name, unique_stems
 log = logging.getLogger(__name__)
 
 DOWNLOAD_PREFIX = "/api/v1/download"
+STATUS_CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class JobService:
         self.files = files
         self.settings = settings
         self.enqueue = enqueue
+        self._status_cache: OrderedDict[str, tuple[int, str, bytes]] = OrderedDict()
+        self._status_lock = threading.Lock()
 
     # --- create ---------------------------------------------------------------------------
     def create_job(self, uploads: Sequence[Upload], model: str | None = None, mode: str | None = None,
@@ -185,6 +191,25 @@ class JobService:
     def status(self, job: Job) -> dict[str, Any]:
         """The public status shape, shared by the Gradio API, REST and SSE."""
         return job_status(job)
+
+    def status_json(self, job_id: str, owner: str | None = None) -> bytes:
+        """The status as JSON bytes, re-read and re-encoded only when the job's version moved:
+        pollers of a busy job cost one indexed lookup per request, not a parse and an encode."""
+        version = self.store.version(job_id) if isinstance(job_id, str) else None
+        with self._status_lock:
+            cached = self._status_cache.get(job_id)
+        if version is not None and cached is not None and cached[0] == version:
+            if owner is not None and cached[1] != owner:
+                raise AppError("job_not_found", "No job with that id (it may have expired).", 404)
+            return cached[2]
+        job = self.get(job_id, owner)
+        body = json.dumps(job_status(job), separators=(",", ":")).encode()
+        with self._status_lock:
+            self._status_cache[job_id] = (job.version, job.owner, body)
+            self._status_cache.move_to_end(job_id)
+            while len(self._status_cache) > STATUS_CACHE_SIZE:
+                self._status_cache.popitem(last=False)
+        return body
 
 
 def get_default_model_id(settings: Settings) -> str:

@@ -157,8 +157,8 @@ def _job_routes(router: APIRouter, api: Api) -> None:
                 summary="Job status")
     def status(task_id: str, caller: Caller = Depends(any_caller)) -> Response:
         # The hottest route: job_status() already has the JobStatus shape (a test keeps them in
-        # step), so skip re-validating it through pydantic, which cost more than the rest.
-        body = json.dumps(api.service.status(api.own_job(task_id, caller)), separators=(",", ":"))
+        # step), so it is not re-validated through pydantic, and it is cached per job version.
+        body = api.service.status_json(check_job_id(task_id), caller.owner_filter)
         return Response(body, media_type="application/json")
 
     @router.get("/status/tasks/{task_id}/stream", response_class=StreamingResponse, response_model=None,

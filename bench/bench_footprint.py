@@ -1,0 +1,57 @@
+"""P7 footprint: RSS of the embedded app (web + in-process workers) right after start and after
+a 25-image job, on the offline model and on a FAL model (through the fake FAL).
+Target: <= 400 MB.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from bench.common import AppProcess, distinct_images, fake_fal, parse_args, proc_status_kb, report, temp_dir
+
+
+def run_job(app: AppProcess, images: list, model: str) -> None:
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in images]
+    response = httpx.post(app.url + "/api/v1/upload/", files=files, data={"model": model}, timeout=120)
+    response.raise_for_status()
+    job_id = response.json()["job_id"]
+    deadline = time.monotonic() + 300
+    while not (status := httpx.get(f"{app.url}/api/v1/status/tasks/{job_id}").json())["finished"]:
+        if time.monotonic() > deadline:
+            raise TimeoutError("job did not finish")
+        time.sleep(0.25)
+    if status["state"] != "succeeded":
+        raise RuntimeError(f"job ended {status['state']}")
+
+
+def measure(model: str, count: int, size: tuple[int, int]) -> dict:
+    with temp_dir("i2m-bench-p7-") as tmp, fake_fal(0.2, 1.0) as fake:
+        images = distinct_images(tmp / "in", count, size)
+        app = AppProcess(tmp / "data", fake.base_url if model != "local/relief" else None,
+                         RATE_LIMIT_API="", RATE_LIMIT_UPLOAD="")
+        try:
+            httpx.get(app.url + "/", timeout=30)  # the page rendered once, as a visitor would
+            time.sleep(1.0)
+            after_start = proc_status_kb(app.pid, "VmRSS") / 1024
+            run_job(app, images, model)
+            time.sleep(1.0)
+            after_job = proc_status_kb(app.pid, "VmRSS") / 1024
+            peak = proc_status_kb(app.pid, "VmHWM") / 1024
+        finally:
+            app.stop()
+    return {"model": model, "images": count, "after_start_mb": round(after_start), "after_job_mb": round(after_job),
+            "peak_mb": round(peak), "target_mb": 400, "met": max(after_start, after_job) <= 400}
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    count, size = (3, (128, 96)) if args.quick else (25, (1024, 768))
+    rows = [measure("local/relief", count, size), measure("fal-ai/trellis", count, size)]
+    report("P7-footprint", "P7 footprint of the embedded app (RSS)",
+           ["model", "images", "after_start_mb", "after_job_mb", "peak_mb", "met"], rows, args.quick)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""JobService details that every interface relies on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from image2model.errors import AppError
+from image2model.jobs.service import job_status
+from tests.engine_helpers import uploads_for
+
+
+def test_status_json_follows_every_change_and_guards_the_owner(runtime_factory, tmp_path) -> None:  # noqa: ANN001
+    runtime = runtime_factory(start_consumer=False, fal_key="")
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png", "b.png"]), owner="alice")
+    first = runtime.service.status_json(job.id, "alice")
+    assert json.loads(first) == job_status(runtime.service.get(job.id))
+    assert runtime.service.status_json(job.id, "alice") is first  # unchanged job: cached bytes
+    runtime.store.update_item(job.id, 1, {"message": "half way", "progress": 50.0})
+    changed = json.loads(runtime.service.status_json(job.id, "alice"))
+    assert changed["items"][1]["message"] == "half way" and changed["version"] > json.loads(first)["version"]
+    with pytest.raises(AppError) as other:
+        runtime.service.status_json(job.id, "mallory")  # cached, but not theirs
+    assert other.value.status == 404
+    assert json.loads(runtime.service.status_json(job.id)) == changed  # open access: no owner check
+    runtime.service.delete(job.id)
+    with pytest.raises(AppError):
+        runtime.service.status_json(job.id)
