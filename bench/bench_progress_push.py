@@ -9,6 +9,7 @@ through the same store the workers use, as a worker on another process or machin
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from pathlib import Path
@@ -31,8 +32,10 @@ def markers(status: dict) -> list[str]:
 
 
 def write_marks(store, job_id: str, count: int, gap: float, sent: dict[int, float]) -> None:  # noqa: ANN001
+    """Writes at jittered intervals, so they cannot fall into step with any polling period."""
+    rng = random.Random(7)
     for seq in range(count):
-        time.sleep(gap)
+        time.sleep(gap * rng.uniform(0.5, 1.5))
         sent[seq] = time.perf_counter()
         store.update_item(job_id, 0, {"message": f"{MARK}{seq}"}, expect_state=[ItemState.RUNNING])
 
@@ -51,16 +54,22 @@ def via_sse(app: AppProcess, store, image: Path, count: int) -> list[float]:  # 
     wait_running(app, job_id)
     sent: dict[int, float] = {}
     got: dict[int, float] = {}
-    with httpx.Client(base_url=app.url, timeout=None) as client, \
+    writer = threading.Thread(target=write_marks, args=(store, job_id, count, 0.1, sent))
+    # A read timeout lets the loop end even when two writes landed in one event (the later
+    # one replaces the earlier), so not every mark arrives.
+    with httpx.Client(base_url=app.url, timeout=httpx.Timeout(10.0, read=1.0)) as client, \
             connect_sse(client, "GET", f"/api/v1/status/tasks/{job_id}/stream") as source:
-        writer = threading.Thread(target=write_marks, args=(store, job_id, count, 0.1, sent))
         writer.start()
-        for event in source.iter_sse():
-            now = time.perf_counter()
-            for message in markers(json.loads(event.data)):
-                got.setdefault(int(message[len(MARK):]), now)
-            if len(got) >= count:
-                break
+        try:
+            for event in source.iter_sse():
+                now = time.perf_counter()
+                if event.data:  # skip a block that only carries retry: or an id
+                    for message in markers(json.loads(event.data)):
+                        got.setdefault(int(message[len(MARK):]), now)
+                if len(got) >= count or not writer.is_alive() and len(sent) == count and len(got) >= count:
+                    break
+        except httpx.ReadTimeout:
+            pass  # quiet for a second after the last write: done
     writer.join()
     httpx.post(f"{app.url}/api/v1/jobs/{job_id}/cancel")
     return [(got[s] - sent[s]) * 1000 for s in sorted(got) if s in sent]

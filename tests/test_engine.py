@@ -356,3 +356,24 @@ def test_offline_model_through_the_engine_on_every_awkward_input(runtime_factory
     rotated = next(i for i in done.items if i.name.startswith("exif"))
     extents = rotated.stats["extents"]
     assert extents[1] > extents[0], "the EXIF-rotated photo must give an upright (taller) model"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_plain_upright_image_reaches_fal_unchanged(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    """No second JPEG generation for images that need no fixing; a rotated one is fixed."""
+    from tests import imagefactory as f
+
+    runtime = runtime_factory()
+    plain = uploads_for(tmp_path, ["plain.png"])
+    rotated = f.exif_rotated_jpeg()
+    job = runtime.service.create_job(plain + [Upload("rot.jpg", rotated.save(tmp_path))], model="fal-ai/trellis")
+    wait_done(runtime.service, job.id)
+    sent = {s["arguments"]["image_url"].rsplit("/", 1)[-1]: fake_fal.file_bytes(s["arguments"]["image_url"])
+            for s in fake_fal.submits}
+    assert sent["00-plain.png"] == plain[0].path.read_bytes()
+    fixed = next(data for name, data in sent.items() if name.startswith("01-rot"))
+    assert fixed != rotated.data
+    from PIL import Image
+    import io
+    with Image.open(io.BytesIO(fixed)) as img:
+        assert img.height > img.width and img.getexif().get(0x0112, 1) == 1

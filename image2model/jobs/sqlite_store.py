@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS durations (model TEXT PRIMARY KEY, seconds REAL NOT N
 CREATE TABLE IF NOT EXISTS reservations (id TEXT PRIMARY KEY, at REAL NOT NULL, images INTEGER NOT NULL);
 """
 
-WATCH_INTERVAL = 0.05  # only while someone waits; one PRAGMA query per tick
+WATCH_INTERVAL = 0.02  # only while someone waits; one cheap PRAGMA query per tick
 
 
 class SqliteJobStore(JobStore):

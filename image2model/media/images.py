@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - pillow-heif is in requirements.txt
 ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "HEIF", "AVIF"}
 FORMAT_LABELS = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC or AVIF"
 MIN_SIDE = 8
+EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,22 @@ def to_8bit(img: Image.Image) -> Image.Image:
     return img.convert("RGBA" if has_alpha else "RGB")
 
 
+def needs_preparing(path: Path, max_side: int) -> bool:
+    """Whether a hosted model would get a worse image than a prepared copy: a format or mode
+    models may not read, a rotation only EXIF knows about, or more pixels than useful."""
+    with Image.open(path) as img:
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+        return (img.format not in ("JPEG", "PNG") or img.mode not in ("RGB", "RGBA")
+                or max(img.size) > max_side or orientation not in (None, 1)
+                or getattr(img, "n_frames", 1) != 1)
+
+
 def prepare_image(path: Path, out_dir: Path, max_side: int) -> Path:
-    """An upright 8-bit copy for a hosted model: PNG when it has transparency, else JPEG."""
+    """The image to send to a hosted model: the upload itself when it is already an upright
+    8-bit JPEG or PNG of a sensible size (no second JPEG generation, no CPU spent), else an
+    upright 8-bit copy: PNG when it has transparency, JPEG otherwise."""
+    if not needs_preparing(path, max_side):
+        return path
     img = open_upright(path, max_side)
     out_dir.mkdir(parents=True, exist_ok=True)
     if img.mode == "RGBA":

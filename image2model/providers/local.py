@@ -10,6 +10,7 @@ import os
 import threading
 import time
 
+from image2model.memory import release_free_memory
 from image2model.providers.base import ItemRun, ProviderOutput
 from image2model.providers.relief import generate_relief, load_image
 
@@ -39,6 +40,7 @@ class LocalReliefProvider:
             )
         finally:
             CPU_SLOTS.release()
+            release_free_memory()
 
     def cancel(self, item: ItemRun) -> None:
         """Nothing remote to stop: the next progress report raises."""

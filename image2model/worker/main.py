@@ -8,8 +8,10 @@ shared volume, FAL_KEY), so a job created by the web process runs here.
 
 from image2model.config import get_settings
 from image2model.logs import setup_logging
+from image2model.memory import limit_malloc_arenas
 from image2model.runtime import get_runtime
 
 setup_logging(get_settings().log_level)
+limit_malloc_arenas()
 runtime = get_runtime()
 huey = runtime.huey
