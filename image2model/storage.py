@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from image2model.errors import AppError
@@ -47,20 +47,25 @@ def safe_name(name: str, fallback: str = "image") -> str:
     return stem[:STEM_MAX].rstrip(" ._") + dot + ext
 
 
+def make_unique(names: Iterable[str], variant: Callable[[str, int], str]) -> list[str]:
+    """The names in order, each clash (case-insensitive) replaced by variant(name, 2), 3, ..."""
+    taken: set[str] = set()
+    unique = []
+    for name in names:
+        candidate, n = name, 1
+        while candidate.lower() in taken:
+            n += 1
+            candidate = variant(name, n)
+        taken.add(candidate.lower())
+        unique.append(candidate)
+    return unique
+
+
 def unique_stems(names: Iterable[str]) -> list[str]:
     """Result base names after the originals, with clashes made unique:
     ["shoe.jpg", "shoe.png", "shoe.jpg"] -> ["shoe", "shoe-2", "shoe-3"]."""
-    stems: list[str] = []
-    seen: set[str] = set()
-    for name in names:
-        stem = Path(safe_name(name)).stem or "model"
-        candidate, n = stem, 1
-        while candidate.lower() in seen:
-            n += 1
-            candidate = f"{stem}-{n}"
-        seen.add(candidate.lower())
-        stems.append(candidate)
-    return stems
+    stems = [Path(safe_name(name)).stem or "model" for name in names]
+    return make_unique(stems, lambda stem, n: f"{stem}-{n}")
 
 
 class FileStore:

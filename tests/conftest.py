@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,25 +14,9 @@ import pytest
 from image2model.config import Settings
 from image2model.runtime import Runtime
 from tests.fakefal import FakeFal, patch_fal_client
+from tests.netutil import free_port, private_redis_server, wait_for_port  # noqa: F401 - re-exported
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on port {port}")
 
 
 @pytest.fixture(scope="session")
@@ -45,20 +26,8 @@ def redis_server() -> Iterator[str]:
     if binary is None:
         print("SKIP: redis-server binary not found; Redis-mode tests are skipped")
         pytest.skip("redis-server binary not found")
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="i2m-redis-")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with private_redis_server(binary) as url:
+        yield url
 
 
 def _flush(url: str) -> None:

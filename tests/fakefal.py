@@ -732,15 +732,24 @@ class FakeFal:
             return self._reply_cancel(reply, req, now)
         return self._reply_result(reply, req, now)
 
-    def _handle_submit(self, reply: "_Reply", app: str, body: bytes) -> None:
+    def _accept_arguments(self, reply: "_Reply", app: str, body: bytes) -> dict[str, Any] | None:
+        """The submitted arguments, or None after answering 422 (or an injected failure)."""
         arguments = _parse_json_object(body)
         if arguments is None:
-            return reply.error(422, _INVALID_JSON_DETAIL)
+            reply.error(422, _INVALID_JSON_DETAIL)
+            return None
         if self._inject(reply, "submit", app=app):
             return None
         for name in required_fields(app):
             if arguments.get(name) is None:
-                return reply.error(422, missing_field_detail(name))
+                reply.error(422, missing_field_detail(name))
+                return None
+        return arguments
+
+    def _handle_submit(self, reply: "_Reply", app: str, body: bytes) -> None:
+        arguments = self._accept_arguments(reply, app, body)
+        if arguments is None:
+            return None
         with self._lock:
             queue_seconds, run_seconds = self.queue_seconds, self.run_seconds
         req = QueuedRequest(
@@ -791,14 +800,9 @@ class FakeFal:
     def _handle_run(self, reply: "_Reply", app: str, body: bytes) -> None:
         """Synchronous endpoint: sleep for the whole queue+run time, then answer."""
         app = app.strip("/")
-        arguments = _parse_json_object(body)
+        arguments = self._accept_arguments(reply, app, body)
         if arguments is None:
-            return reply.error(422, _INVALID_JSON_DETAIL)
-        if self._inject(reply, "submit", app=app):
             return None
-        for name in required_fields(app):
-            if arguments.get(name) is None:
-                return reply.error(422, missing_field_detail(name))
         with self._lock:
             queue_seconds, run_seconds = self.queue_seconds, self.run_seconds
         request_id = str(uuid.uuid4())

@@ -12,6 +12,8 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from image2model.storage import make_unique
+
 CHUNK = 256 * 1024
 
 
@@ -41,16 +43,8 @@ class _Pipe:
 
 def _arcnames(paths: Sequence[Path]) -> list[str]:
     """Entry names: the file names, with clashes made unique ("a.glb", "a-2.glb")."""
-    seen: set[str] = set()
-    names = []
-    for path in paths:
-        name, n = path.name, 1
-        while name.lower() in seen:
-            n += 1
-            name = f"{path.stem}-{n}{path.suffix}"
-        seen.add(name.lower())
-        names.append(name)
-    return names
+    return make_unique([path.name for path in paths],
+                       lambda name, n: f"{Path(name).stem}-{n}{Path(name).suffix}")
 
 
 def zip_results(paths: Sequence[Path]) -> Iterator[bytes]:
