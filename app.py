@@ -68,18 +68,11 @@ def quiet_gradio_queue(blocks: gr.Blocks) -> None:
         queue.sleep_when_free = GRADIO_IDLE_SLEEP
 
 
-def server_port() -> int:
-    for name in ("PORT", "GRADIO_SERVER_PORT"):
-        if os.environ.get(name):
-            return int(os.environ[name])
-    return 7860
-
-
 def main() -> None:
     settings = get_settings()
     setup_logging(settings.log_level)
     limit_malloc_arenas()
-    uvicorn.run(create_app(), host=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), port=server_port(),
+    uvicorn.run(create_app(), host=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), port=settings.port,
                 log_config=None, timeout_graceful_shutdown=30,
                 proxy_headers=False)  # TRUSTED_PROXIES alone decides whom to believe
 

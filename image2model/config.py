@@ -10,7 +10,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,7 +23,8 @@ def _default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # env_ignore_empty: `NAME=` (as in .env.example) means "use the default", not "empty value".
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True)
 
     # FAL.AI. Without a key the FAL models are listed as unavailable and the offline model is used.
     fal_key: str = Field(default="", repr=False)
@@ -58,7 +59,7 @@ class Settings(BaseSettings):
     retention_hours: float = Field(default=24.0, gt=0)
 
     # Web (used by later layers; listed here so every setting lives in one place).
-    port: int = Field(default=7860, validation_alias="PORT")
+    port: int = Field(default=7860, validation_alias=AliasChoices("PORT", "GRADIO_SERVER_PORT"))
     log_level: str = "INFO"
 
     # Page: the browser keeps a list of recent job ids in localStorage under this key,

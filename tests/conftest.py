@@ -116,9 +116,14 @@ def start_consumer_process(settings: Settings, fal_url: str | None, workers: int
 
 
 @pytest.fixture
-def live_server_factory(settings_factory):  # noqa: ANN001, ANN201
+def live_server_factory(settings_factory, request: pytest.FixtureRequest):  # noqa: ANN001, ANN201
     """Start the real app on uvicorn (embedded consumer on, in both backends)."""
     from tests.live_server import LiveServer
+
+    if "fake_fal" in request.fixturenames:
+        # set the fake up first, so it is torn down last: workers still polling during the
+        # servers' shutdown must keep talking to the fake, never to the real FAL hosts
+        request.getfixturevalue("fake_fal")
 
     started: list[LiveServer] = []
 

@@ -339,3 +339,24 @@ def test_an_example_runs_in_one_click_at_phone_width(live_server_factory, open_p
     overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 1, f"the page is {overflow}px wider than a phone screen"
     shot(page, "42-phone-example-done")
+
+
+@SQLITE
+def test_clicking_generate_again_while_a_job_runs_makes_no_second_job(
+        fake_fal, live_server_factory, open_page, backend) -> None:  # noqa: ANN001 - fake outlives the server
+    """Impatient clicks must not pay FAL twice for the same photos."""
+    fake_fal.set_latency(0.0, 5.0)
+    server = live_server_factory()
+    page = open_page(server)
+    choose_model(page, "TRELLIS — Microsoft", "Microsoft TRELLIS")
+    page.set_input_files("#images input[type=file]", [DUCK, MUG])
+    page.dblclick("#generate")
+    job_id = job_id_in_url(page)
+    wait_for(page, lambda: page.locator("#generate").is_disabled(), 10, "Generate to be disabled while it runs")
+    page.locator("#generate").click(force=True)  # even a click that gets through is refused
+    time.sleep(1.0)
+    assert server.runtime.store.all_job_ids() == [job_id]
+    shot(page, "26-generate-disabled-while-running")
+    wait_states(page, {"Done"}, 2, timeout=30)
+    wait_for(page, lambda: page.locator("#generate").is_enabled(), 10, "Generate enabled again when done")
+    assert len(fake_fal.submits) == 2

@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def env_name(field: str, settings_cls: type[Settings] = Settings) -> str:
     alias = settings_cls.model_fields[field].validation_alias
-    return str(alias) if isinstance(alias, str) else field.upper()
+    if alias is None:
+        return field.upper()
+    return str(alias) if isinstance(alias, str) else str(alias.choices[0])
 
 
 @pytest.mark.parametrize("field", sorted(Settings.model_fields))
@@ -41,3 +43,22 @@ def test_embedded_defaults_need_nothing(monkeypatch: pytest.MonkeyPatch) -> None
         monkeypatch.delenv(name, raising=False)
     settings = Settings(_env_file=None)
     assert not settings.fal_configured and not settings.use_redis and settings.run_embedded_worker
+
+
+def test_env_example_copied_to_dot_env_works(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """What the README suggests: cp .env.example .env, edit a line, run."""
+    for name in ("FAL_KEY", "REDIS_URL", "DATA_DIR", "PORT", "GRADIO_SERVER_PORT", "EMBEDDED_WORKER"):
+        monkeypatch.delenv(name, raising=False)
+    text = (ROOT / ".env.example").read_text().replace("PORT=7860", "PORT=7995")
+    (tmp_path / ".env").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    settings = Settings()
+    assert settings.port == 7995
+    assert settings.embedded_worker is None and settings.run_embedded_worker
+    assert settings.data_dir.name == "data", "an empty DATA_DIR= must mean the default, not the current folder"
+
+
+def test_gradio_server_port_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PORT", raising=False)
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
+    assert Settings(_env_file=None).port == 7999

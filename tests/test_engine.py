@@ -377,3 +377,41 @@ def test_a_plain_upright_image_reaches_fal_unchanged(runtime_factory, fake_fal, 
     import io
     with Image.open(io.BytesIO(fixed)) as img:
         assert img.height > img.width and img.getexif().get(0x0112, 1) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("moment", ["before_inputs_are_read", "before_the_model_is_written"])
+def test_deleting_a_running_job_leaves_no_files_and_no_crash(runtime_factory, tmp_path, caplog, monkeypatch,
+                                                             moment) -> None:  # noqa: ANN001
+    """A DELETE can land while a worker is inside the item; the worker must stop quietly and
+    leave nothing on disk. The race is made deterministic by deleting from inside the run."""
+    import logging
+
+    runtime = runtime_factory(fal_key="", start_consumer=False)
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]))
+    runner = runtime.runner
+    if moment == "before_inputs_are_read":
+        import image2model.providers.local as local
+
+        original = local.load_image
+
+        def racing(path):  # noqa: ANN001, ANN202
+            runtime.service.delete(job.id)
+            return original(path)
+
+        monkeypatch.setattr(local, "load_image", racing)
+    else:
+        import image2model.providers.local as local
+
+        original_generate = local.generate_relief
+
+        def generate_then_delete(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            result = original_generate(*args, **kwargs)
+            runtime.service.delete(job.id)  # the model file is written after this
+            return result
+
+        monkeypatch.setattr(local, "generate_relief", generate_then_delete)
+    with caplog.at_level(logging.INFO):
+        runner.run(job.id, 0)
+    assert not runtime.files.job_dir(job.id).exists()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]

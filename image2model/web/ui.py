@@ -8,6 +8,8 @@ scripts lives in ui_api.py.
 
 from __future__ import annotations
 
+import threading
+
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -100,6 +102,8 @@ class Page:
         self.specs = available_models(self.settings)
         self.start_model = first_model(runtime, self.specs)
         self.latest: dict[str, object] = {}  # session -> token of its newest watcher; older ones stop
+        self.session_jobs: dict[str, str] = {}  # session -> the job it started last
+        self.starting = threading.Lock()  # a double click's two starts must not both create a job
 
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="image2model: photos to 3D models") as demo:
@@ -173,7 +177,7 @@ class Page:
     # --- wiring -------------------------------------------------------------------------------
     def _wire(self, demo: gr.Blocks) -> None:
         start_outputs = [self.job_box, self.notice, self.seed, self.recent, self.recent_pick]
-        start_inputs = [self.files, self.model, self.mode, self.seed, self.randomize, self.recent,
+        start_inputs = [self.files, self.model, self.mode, self.seed, self.randomize, self.recent, self.job_box,
                         *self.form.inputs]
         self._then_watch(self.generate_btn.click(
             self.start, start_inputs, start_outputs, concurrency_limit=None, show_progress="minimal",
@@ -205,7 +209,7 @@ class Page:
         """After `event` chose a job: put it in the URL, then follow it. A failed start leaves
         the job box as it was, and the new watcher carries on with that job where it was."""
         watch_outputs = [self.progress, self.table, self.viewer, self.result_pick, self.stats, self.glb_btn,
-                         self.cancel_btn, self.zip_btn, self.convert_btn, self.export_file, self.notice,
+                         self.cancel_btn, self.generate_btn, self.zip_btn, self.convert_btn, self.export_file, self.notice,
                          self.view_state]
         event.then(None, [self.job_box], None, js=SET_URL_JS, **PRIVATE).then(
             self.watch, [self.job_box, self.view_state], watch_outputs, concurrency_limit=None,
@@ -229,12 +233,28 @@ class Page:
 
     # --- starting and attaching ----------------------------------------------------------------
     def start(self, chosen: list[str] | None, model_id: str, mode_value: str, seed_value: Any,
-              random_seed: bool, stored: Any, *flat: Any) -> list[Any]:
+              random_seed: bool, stored: Any, current_job: str, request: gr.Request, *flat: Any) -> list[Any]:
         try:
             options = options_for(catalog()[model_id], self.form, list(flat), seed_value, random_seed)
         except Exception as exc:  # noqa: BLE001 - shown in words, never as a traceback
             return [gr.skip(), note(friendly(exc)), gr.skip(), gr.skip(), gr.skip()]
-        return self.launch(chosen, model_id, mode_value, options, stored)
+        session = getattr(request, "session_hash", None) or ""
+        with self.starting:  # checked and created in one step: a second click must not pay again
+            if self.still_running(current_job) or self.still_running(self.session_jobs.get(session)):
+                return [gr.skip(), note("This tab's job is still running: wait for it, or press Cancel "
+                                        "first."), gr.skip(), gr.skip(), gr.skip()]
+            result = self.launch(chosen, model_id, mode_value, options, stored)
+            if session and isinstance(result[0], str):
+                self.session_jobs[session] = result[0]
+        return result
+
+    def still_running(self, job_id: str | None) -> bool:
+        if not job_id:
+            return False
+        try:
+            return not self.service.get(job_id).state.terminal
+        except Exception:  # noqa: BLE001 - an expired or unknown job is not running
+            return False
 
     def start_example(self, chosen: list[str] | None, stored: Any) -> list[Any]:
         """Examples always run on the offline model with its defaults."""
@@ -286,7 +306,7 @@ class Page:
         resume = bool(job_id) and viewing.get("job") == job_id  # same job: keep what the tab shows
         shown = viewing.get("index") if resume else None
         offered = -1
-        update: dict[Any, Any] = {self.progress: gr.skip()}
+        update: dict[Any, Any] = {self.progress: gr.skip(), self.generate_btn: gr.update(interactive=True)}
         try:
             if not job_id:
                 yield update
@@ -316,7 +336,8 @@ class Page:
                 # on 6.31 when re-attaching to a finished job), so end on another update.
                 yield {self.cancel_btn: gr.update(interactive=False)}
         except Exception as exc:  # noqa: BLE001
-            yield {self.notice: note(friendly(exc)), self.cancel_btn: gr.update(interactive=False)}
+            yield {self.notice: note(friendly(exc)), self.cancel_btn: gr.update(interactive=False),
+                   self.generate_btn: gr.update(interactive=True)}
         finally:
             if self.latest.get(session) is token:
                 del self.latest[session]
@@ -324,7 +345,8 @@ class Page:
     def refresh(self, status: dict[str, Any]) -> dict[Any, Any]:
         """What changes on every status: the bar, the table, whether Cancel makes sense."""
         update = {self.progress: progress_html(status), self.table: table_rows(status),
-                  self.cancel_btn: gr.update(interactive=not status["finished"])}
+                  self.cancel_btn: gr.update(interactive=not status["finished"]),
+                  self.generate_btn: gr.update(interactive=status["finished"])}
         if status["state"] == "cancelled":
             update[self.notice] = note("")  # "Cancelling..." has done its job
         return update

@@ -217,11 +217,16 @@ class ItemRunner:
         except AppError as exc:
             self._fail(job.id, item.index, worker, exc.code, exc.message)
         except Exception:  # noqa: BLE001 - the item fails, the worker lives on
-            log.exception("item crashed", extra=ctx)
-            self._fail(job.id, item.index, worker, "internal_error",
-                       "Something went wrong while making this model. The error was logged.")
+            if self.store.version(job.id) is None:
+                log.info("job deleted while its item ran; stopping", extra=ctx)
+            else:
+                log.exception("item crashed", extra=ctx)
+                self._fail(job.id, item.index, worker, "internal_error",
+                           "Something went wrong while making this model. The error was logged.")
         finally:
             stop_heartbeat.set()
+            if self.store.version(job.id) is None:
+                self.files.delete_job(job.id)  # deleted meanwhile: leave no result behind
 
     def _prepare_run(self, job: Job, item: Item, worker: str) -> LiveItemRun:
         spec = catalog()[job.model]
