@@ -299,18 +299,18 @@ class Page:
                     request: gr.Request) -> AsyncIterator[dict[Any, Any]]:
         """Follow the job in the store and refresh the page; stops when the job finishes, when
         the tab closes, or when this tab starts watching another job."""
+        if not job_id:  # nothing to follow: leave any watcher this tab already has alone
+            yield {self.progress: gr.skip()}
+            return
         session = getattr(request, "session_hash", None) or ""
         token = object()
         self.latest[session] = token
         viewing = viewing if isinstance(viewing, dict) else {}
-        resume = bool(job_id) and viewing.get("job") == job_id  # same job: keep what the tab shows
+        resume = viewing.get("job") == job_id  # same job: keep what the tab shows
         shown = viewing.get("index") if resume else None
         offered = -1
-        update: dict[Any, Any] = {self.progress: gr.skip(), self.generate_btn: gr.update(interactive=True)}
+        update: dict[Any, Any] = {self.progress: gr.skip()}
         try:
-            if not job_id:
-                yield update
-                return
             async for status in follow_job(self.service, job_id, every=WATCH_EVERY):
                 if self.latest.get(session) is not token:
                     return
