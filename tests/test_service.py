@@ -39,3 +39,24 @@ def test_memory_helpers_work_on_this_libc() -> None:
         pytest.skip("not glibc")
     assert limit_malloc_arenas(8) is True
     release_free_memory()  # must not raise
+
+
+def test_the_page_hears_the_same_problems_create_job_would_refuse(runtime_factory, tmp_path) -> None:  # noqa: ANN001
+    from image2model.jobs.service import Upload
+
+    runtime = runtime_factory(start_consumer=False, fal_key="", max_images=2)
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    good = uploads_for(tmp_path, ["a.png"])
+    assert runtime.service.upload_problems(good) == []
+    assert runtime.service.upload_problems([]) == []  # nothing added yet is not a problem
+    bad = good + [Upload("notes.png", text)]
+    problems = runtime.service.upload_problems(bad)
+    with pytest.raises(AppError) as refused:
+        runtime.service.create_job(bad)
+    assert problems == [refused.value.message]
+    too_many = runtime.service.upload_problems(good * 3)
+    with pytest.raises(AppError) as counted:
+        runtime.service.create_job(good * 3)
+    assert too_many == [counted.value.message]
+    assert runtime.store.all_job_ids() == []

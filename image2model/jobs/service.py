@@ -87,13 +87,32 @@ class JobService:
                                "please try again in a minute.", 503) from exc
         return job
 
+    def upload_problems(self, uploads: Sequence[Upload]) -> list[str]:
+        """What create_job would refuse about these files, each said once, without creating
+        anything: the page says it as soon as photos are added (an empty list is no problem
+        yet). The same checks as create_job, so the page and every API agree."""
+        problems = []
+        if len(uploads) > self.settings.max_images:
+            problems.append(self._count_error(len(uploads)).message)
+        for n, upload in enumerate(uploads[: self.settings.max_images]):
+            try:
+                self._check_file(upload.path, upload.name or f"image-{n + 1}")
+            except AppError as exc:
+                problems.append(exc.message)
+            except OSError:
+                problems.append(f"'{upload.name}' could not be read; please add it again.")
+        return problems
+
+    def _count_error(self, count: int) -> AppError:
+        return AppError("too_many_images", f"You sent {count} images; the limit is "
+                        f"{self.settings.max_images} per job.", 400,
+                        {"count": count, "limit": self.settings.max_images})
+
     def _check_count(self, count: int) -> None:
         if count == 0:
             raise AppError("no_images", "Please add at least one image.", 400)
         if count > self.settings.max_images:
-            raise AppError("too_many_images", f"You sent {count} images; the limit is "
-                           f"{self.settings.max_images} per job.", 400,
-                           {"count": count, "limit": self.settings.max_images})
+            raise self._count_error(count)
 
     @staticmethod
     def _parse_mode(mode: str | None, allowed: tuple[Mode, ...]) -> Mode:

@@ -20,7 +20,7 @@ from image2model.examples import EXAMPLE_SETS, example_paths
 from image2model.providers.catalog import LOCAL_MODEL, ModelSpec, catalog
 from image2model.runtime import Runtime
 from image2model.web.ui_api import follow_job, register_api
-from image2model.web.ui_files import export_model, export_zip, upload_problems, uploads_from
+from image2model.web.ui_files import export_model, export_zip, uploads_from
 from image2model.web.ui_form import (
     FAL_HINT,
     MODE_CHOICES,
@@ -219,7 +219,7 @@ class Page:
     def show_uploads(self, chosen: list[str] | None) -> tuple[Any, Any, Any]:
         """Thumbnails with names, and what is wrong with the photos, said at once."""
         uploads = uploads_from(chosen)
-        problems = upload_problems(chosen, self.settings)
+        problems = self.service.upload_problems(uploads)
         gallery = [(str(u.path), u.name) for u in uploads[: self.settings.max_images]]
         # a notice about the previous photos would now be out of date
         return gr.update(value=gallery or None, visible=bool(gallery)), note(" ".join(problems)), note("")

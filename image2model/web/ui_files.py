@@ -11,12 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from image2model.config import Settings
 from image2model.errors import AppError
 from image2model.jobs.model import Job
 from image2model.jobs.service import JobService, Upload
 from image2model.media.archive import write_zip
-from image2model.media.images import inspect_image
 from image2model.media.meshes import convert
 from image2model.storage import FileStore, safe_name
 
@@ -32,30 +30,6 @@ def uploads_from(files: Sequence[Any] | None) -> list[Upload]:
     """Gradio keeps each upload's original name as the temp file's base name."""
     paths = [Path(upload_path(f)) for f in files or []]
     return [Upload(name=path.name, path=path) for path in paths]
-
-
-def upload_problems(files: Sequence[Any] | None, settings: Settings) -> list[str]:
-    """What is wrong with these uploads, said plainly, before anything is submitted.
-
-    The job service checks all of this again; this only lets the page say it early.
-    """
-    uploads = uploads_from(files)
-    problems = []
-    if len(uploads) > settings.max_images:
-        problems.append(f"You added {len(uploads)} images; the limit is {settings.max_images} per job. "
-                        "Please remove some.")
-    limit = settings.max_image_mb * 1024 * 1024
-    for upload in uploads[: settings.max_images + 5]:
-        try:
-            if upload.path.stat().st_size > limit:
-                problems.append(f"'{upload.name}' is larger than {settings.max_image_mb:g} MB.")
-                continue
-            inspect_image(upload.path, upload.name, settings.max_image_pixels)
-        except AppError as exc:
-            problems.append(exc.message)
-        except OSError:
-            problems.append(f"'{upload.name}' could not be read; please add it again.")
-    return problems
 
 
 def exports_dir(files: FileStore, job_id: str) -> Path:

@@ -80,9 +80,9 @@ class LiveItemRun:
     def progress(self, percent: float, message: str) -> None:
         percent = max(self._last_percent, min(99.0, float(percent)))  # never goes backwards
         now = time.monotonic()
-        unchanged = message == self._last_message and percent - self._last_percent < 0.5
-        if unchanged or (message == self._last_message and now - self._last_write < PROGRESS_WRITE_SECONDS):
-            return  # nothing a reader would see (liveness is the heartbeat's job)
+        if message == self._last_message and (percent - self._last_percent < 0.5
+                                               or now - self._last_write < PROGRESS_WRITE_SECONDS):
+            return  # nothing a reader would see, or too soon (liveness is the heartbeat's job)
         self._write({"progress": round(percent, 1), "message": message, "heartbeat_at": time.time()})
         self._last_write, self._last_message, self._last_percent = now, message, percent
 
