@@ -1,8 +1,9 @@
 """P2 progress push: the time from a job store write to its arrival at an SSE client and at a
 gradio_client `/generate` job; p50 and p95. Target: p50 <= 50 ms.
 
-The app runs a FAL job that stays running (the fake FAL answers only after minutes, and the
-worker polls rarely), and this script writes marked progress messages into the job's item
+The app runs a FAL job that stays running (the fake FAL finishes only after an hour, and its
+log says nothing new meanwhile, so the worker writes nothing), and this script writes marked
+progress messages into the job's item
 through the same store the workers use, as a worker on another process or machine would.
 """
 

@@ -29,7 +29,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fakefal import FakeFal, patch_fal_client  # noqa: E402
+from tests.fakefal import FakeFal, patch_fal_client, sample_glb, sample_png  # noqa: E402
 from tests.netutil import free_port, private_redis_server, stop_process  # noqa: E402
 
 
@@ -84,7 +84,8 @@ class AppProcess:
 
 
 class ConsumerProcess:
-    """A separate `huey_consumer` (the Redis mode's worker machine)."""
+    """A separate `huey_consumer` (the Redis mode's worker machine), started and ready: its
+    workers are waiting on the queue, so no figure includes a consumer still importing."""
 
     def __init__(self, data_dir: Path, redis_url: str, fal_url: str | None, workers: int = 25):
         env = dict(os.environ)
@@ -95,6 +96,21 @@ class ConsumerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "consumer_process.py"), "-w", str(workers), "-k", "thread", "-q"],
             env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_ready(redis_url, workers)
+
+    def _wait_ready(self, redis_url: str, workers: int, timeout: float = 60.0) -> None:
+        """Idle huey workers block in BRPOP on the queue: wait until this many more do."""
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        waiting = lambda: sum(1 for c in client.client_list() if c.get("cmd") == "brpop")  # noqa: E731
+        before = waiting()
+        deadline = time.monotonic() + timeout
+        while waiting() < before + workers:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the huey consumer did not start")
+            time.sleep(0.05)
+        client.close()
 
     def stop(self) -> None:
         stop_process(self.proc, signal.SIGINT)
@@ -111,6 +127,7 @@ def redis_server() -> Iterator[str]:
 
 @contextmanager
 def fake_fal(queue_seconds: float = 0.0, run_seconds: float = 0.0) -> Iterator[FakeFal]:
+    sample_glb(), sample_png()  # the fake makes its result files once: not part of any figure
     fake = FakeFal(queue_seconds, run_seconds).start()
     undo = patch_fal_client(fake.base_url)
     try:

@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -75,7 +75,9 @@ _DEFAULT_ERROR_TYPES: dict[int, str] = {
 
 _INVALID_JSON_DETAIL = [{"loc": ["body"], "msg": "Invalid JSON body", "type": "json_invalid"}]
 
-FAIL_POINTS = ("submit", "status", "result", "upload", "cancel", "token", "download")
+FAIL_POINTS = ("submit", "status", "stream", "result", "upload", "cancel", "token", "download")
+
+STREAM_LOG_SECONDS = 0.25  # a running model's log lines arrive this often on the stream
 
 
 # --------------------------------------------------------------------------
@@ -335,6 +337,7 @@ class QueuedRequest:
     queue_seconds: float
     run_seconds: float
     cancelled_at: float | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def phase(self, now: float) -> str:
         """One of ``queued``, ``running``, ``done``, ``cancelled``."""
@@ -351,6 +354,12 @@ class QueuedRequest:
             return "running"
         return "done"
 
+    def next_change(self, now: float) -> float:
+        """When the phase or the queue position changes next (inf once done)."""
+        marks = [self.submitted_at + self.queue_seconds * f for f in (1 / 3, 2 / 3, 1)]
+        marks.append(self.submitted_at + self.queue_seconds + self.run_seconds)
+        return min((t for t in marks if t > now), default=math.inf)
+
     def queue_position(self, now: float) -> int:
         """Counts down 2, 1, 0 over the queue time, like a real queue draining."""
         if self.queue_seconds <= 0:
@@ -366,15 +375,14 @@ class QueuedRequest:
         return max(0.0, min(1.0, ran / self.run_seconds))
 
     def logs(self, now: float) -> list[dict[str, Any]]:
-        """All log lines so far (FAL returns the full log on each poll)."""
+        """All log lines so far (a poll returns the full log; a stream sends the new lines)."""
         until = self.cancelled_at if self.cancelled_at is not None else now
         reached = self._timeline_phase(until)
         messages: list[str] = []
-        if reached != "queued":
+        if reached != "queued":  # append-only, like a real log: a line every 10 %
             pct = int(100 * self.progress(until))
-            steps = sorted({p for p in (0, 25, 50, 75) if p < pct} | {pct})
             messages += ["Loading pipeline", "Preprocessing image"]
-            messages += [f"Sampling: {p}%" for p in steps]
+            messages += [f"Sampling: {p}%" for p in range(0, pct + 1, 10)]
         if reached == "done":
             messages += ["Exporting GLB", "Done"]
         if self.cancelled_at is not None:
@@ -444,9 +452,11 @@ class FakeFal:
 
     Knobs (plain attributes, safe to change while running): ``queue_seconds``,
     ``run_seconds`` (snapshotted per request at submit), ``fail_cdn_upload``,
-    ``result_bytes``, ``omit_output_field``; plus :meth:`fail`.
+    ``result_bytes``, ``omit_output_field``, ``status_stream``, ``stream_breaks_after``;
+    plus :meth:`fail`.
     Counters: ``submits``, ``submit_counts_by_sha256``, ``uploads``,
-    ``status_polls``, ``requests_log``, ``cancelled``, ``cancel_calls``.
+    ``status_polls``, ``status_streams``, ``requests_log``, ``cancelled``, ``cancel_calls``.
+    ``status_stream`` and ``stream_breaks_after`` shape the status stream endpoint.
     """
 
     def __init__(
@@ -457,12 +467,16 @@ class FakeFal:
         fail_cdn_upload: bool = False,
         result_bytes: bytes | None = None,
         omit_output_field: bool = False,
+        status_stream: bool = True,
+        stream_breaks_after: int | None = None,
     ) -> None:
         self.queue_seconds = queue_seconds
         self.run_seconds = run_seconds
         self.fail_cdn_upload = fail_cdn_upload
         self.result_bytes = result_bytes
         self.omit_output_field = omit_output_field
+        self.status_stream = status_stream  # False: answer 404, like a FAL without the endpoint
+        self.stream_breaks_after = stream_breaks_after  # cut each stream after this many events
 
         self._lock = threading.RLock()
         self._files: dict[str, StoredFile] = {}  # file id -> file
@@ -536,6 +550,7 @@ class FakeFal:
             self.submit_counts_by_sha256: collections.Counter[str] = collections.Counter()
             self.uploads: list[dict[str, Any]] = []
             self.status_polls = 0
+            self.status_streams = 0
             self.requests_log: list[tuple[str, str]] = []
             self.cancelled: list[str] = []
             self.cancel_calls: list[str] = []
@@ -706,19 +721,26 @@ class FakeFal:
             if len(parts) < 2 or not all(parts[:2]):
                 return reply.error(404, "Application not found")
             return self._handle_submit(reply, rest.strip("/"), body)
-        # .../requests/{id}  |  .../requests/{id}/status  |  .../requests/{id}/cancel
-        action = parts[-1] if parts[-1] in ("status", "cancel") else "result"
-        id_index = len(parts) - (2 if action != "result" else 1)
+        # .../requests/{id}  |  .../requests/{id}/status[/stream]  |  .../requests/{id}/cancel
+        if parts[-2:] == ["status", "stream"]:
+            action, suffix = "stream", 2
+        elif parts[-1] in ("status", "cancel"):
+            action, suffix = parts[-1], 1
+        else:
+            action, suffix = "result", 0
+        id_index = len(parts) - suffix - 1
         if id_index < 2 or parts[id_index - 1] != "requests":
             return reply.error(404, "Not Found")
         request_id, prefix = parts[id_index], "/".join(parts[: id_index - 1])
-        expected = {"status": "GET", "result": "GET", "cancel": "PUT"}[action]
+        expected = {"status": "GET", "stream": "GET", "result": "GET", "cancel": "PUT"}[action]
         if method != expected:
             return reply.error(405, "Method Not Allowed")
         with self._lock:
             req = self._requests.get(request_id)
             if action == "status":
                 self.status_polls += 1
+            if action == "stream":
+                self.status_streams += 1
             if action == "cancel":
                 self.cancel_calls.append(request_id)
         if req is None or queue_base(req.app) != prefix:
@@ -726,9 +748,13 @@ class FakeFal:
             if action == "cancel":
                 return reply.json(404, {"status": "NOT_FOUND"}, request_id=request_id)
             return reply.error(404, "Request not found", request_id=request_id)
+        if action == "stream" and not self.status_stream:
+            return reply.error(404, "Not Found", request_id=request_id)
         if self._inject(reply, action, app=req.app, request_id=request_id):
             return None
         now = time.monotonic()
+        if action == "stream":
+            return self._stream_status(reply, req, query)
         if action == "status":
             return self._reply_status(reply, req, now, query)
         if action == "cancel":
@@ -767,9 +793,7 @@ class FakeFal:
                          "status": "IN_QUEUE", "queue_position": 0},
                    request_id=req.request_id)
 
-    def _reply_status(self, reply: "_Reply", req: QueuedRequest, now: float,
-                      query: dict[str, list[str]]) -> None:
-        with_logs = (query.get("logs") or ["0"])[0].lower() in ("1", "true", "yes")
+    def _status_payload(self, req: QueuedRequest, now: float, with_logs: bool) -> dict[str, Any]:
         phase = req.phase(now)
         logs = req.logs(now) if with_logs else None
         data: dict[str, Any] = {"request_id": req.request_id, **self._queue_urls(req), "logs": logs}
@@ -781,8 +805,43 @@ class FakeFal:
             data.update(status="COMPLETED", metrics={"inference_time": req.run_seconds})
             if phase == "cancelled":
                 data.update(error="Request was cancelled", error_type="request_cancelled")
+        return data
+
+    def _reply_status(self, reply: "_Reply", req: QueuedRequest, now: float,
+                      query: dict[str, list[str]]) -> None:
+        data = self._status_payload(req, now, _wants_logs(query))
         code = 200 if data["status"] == "COMPLETED" else 202
         reply.json(code, data, request_id=req.request_id)
+
+    def _stream_status(self, reply: "_Reply", req: QueuedRequest, query: dict[str, list[str]]) -> None:
+        """FAL's status stream: the current status at once, then an event whenever the status
+        or queue position changes and, while running, every STREAM_LOG_SECONDS (a model
+        logging its progress); each event carries only the log lines that are new. The
+        server closes the stream after COMPLETED."""
+        with_logs = _wants_logs(query)
+        reply.start_stream(req.request_id)
+        sent_logs = 0
+        last_key: tuple[Any, ...] | None = None
+        last_sent = 0.0
+        events = 0
+        while True:
+            now = time.monotonic()
+            data = self._status_payload(req, now, with_logs)
+            key = (data["status"], data.get("queue_position"))
+            if key != last_key or now - last_sent >= STREAM_LOG_SECONDS:
+                if with_logs:
+                    all_logs = data["logs"] or []
+                    data["logs"], sent_logs = all_logs[sent_logs:], len(all_logs)
+                if not reply.event(data):
+                    return
+                events += 1
+                last_key, last_sent = key, now
+                if data["status"] == "COMPLETED":
+                    return
+                if self.stream_breaks_after is not None and events >= self.stream_breaks_after:
+                    return  # the connection drops mid-request, as proxies sometimes do
+            wake = min(req.next_change(now), last_sent + STREAM_LOG_SECONDS)
+            req.cancelled.wait(max(0.0, wake - time.monotonic()))
 
     def _reply_cancel(self, reply: "_Reply", req: QueuedRequest, now: float) -> None:
         if req.phase(now) in ("done", "cancelled"):
@@ -790,6 +849,7 @@ class FakeFal:
         with self._lock:
             req.cancelled_at = now
             self.cancelled.append(req.request_id)
+        req.cancelled.set()
         reply.json(202, {"status": "CANCELLATION_REQUESTED"}, request_id=req.request_id)
 
     def _reply_result(self, reply: "_Reply", req: QueuedRequest, now: float) -> None:
@@ -889,6 +949,26 @@ class _Reply:
     def __init__(self, handler: _Handler) -> None:
         self._h = handler
 
+    def start_stream(self, request_id: str) -> None:
+        """An event stream: no length, so the connection closes when it ends."""
+        h = self._h
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Cache-Control", "no-cache")
+        h.send_header("Connection", "close")
+        h.send_header("x-fal-request-id", request_id)
+        h.end_headers()
+        h.close_connection = True
+
+    def event(self, data: Any) -> bool:
+        """One server-sent event; False once the client has gone."""
+        try:
+            self._h.wfile.write(b"data: " + json.dumps(data).encode() + b"\n\n")
+            self._h.wfile.flush()
+            return True
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+
     def raw(self, code: int, data: bytes, content_type: str, *, head: bool = False,
             request_id: str | None = None, headers: dict[str, str] | None = None) -> None:
         h = self._h
@@ -917,6 +997,10 @@ class _Reply:
         if code == 422:
             headers["x-fal-retryable"] = "false"
         self.json(code, {"detail": detail}, request_id=request_id, headers=headers)
+
+
+def _wants_logs(query: dict[str, list[str]]) -> bool:
+    return (query.get("logs") or ["0"])[0].lower() in ("1", "true", "yes")
 
 
 def _has_key_auth(h: BaseHTTPRequestHandler) -> bool:

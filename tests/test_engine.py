@@ -82,6 +82,36 @@ def test_progress_comes_from_fal_logs_and_queue(runtime_factory, fake_fal, tmp_p
     assert current.items[0].progress == 100
 
 
+def test_completion_comes_from_the_status_stream_without_polling(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    fake_fal.set_latency(0.3, 1.0)
+    runtime = runtime_factory()
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png", "b.png"]), model="fal-ai/trellis")
+    done = wait_done(runtime.service, job.id)
+    assert done.state == JobState.SUCCEEDED, [i.error for i in done.items]
+    assert fake_fal.status_streams >= 2
+    assert fake_fal.status_polls == 0, "the stream said COMPLETED: nobody needed to poll"
+    # the learned duration comes from the moment the stream said COMPLETED
+    assert 1.2 <= runtime.store.typical_duration("fal-ai/trellis") <= 1.3 + 0.5
+
+
+@pytest.mark.parametrize("trouble", ["missing", "drops", "fails"])
+def test_polling_takes_over_when_the_status_stream_cannot_be_used(runtime_factory, fake_fal, tmp_path,
+                                                                  trouble) -> None:  # noqa: ANN001
+    fake_fal.set_latency(0.2, 0.6)
+    if trouble == "missing":
+        fake_fal.status_stream = False  # 404, as from a FAL without the endpoint
+    elif trouble == "drops":
+        fake_fal.stream_breaks_after = 1  # the connection drops after the first event
+    else:
+        fake_fal.fail(502, on="stream")
+    runtime = runtime_factory()
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    done = wait_done(runtime.service, job.id)
+    assert done.state == JobState.SUCCEEDED, done.items[0].error
+    assert fake_fal.status_streams >= 1 and fake_fal.status_polls > 0
+    assert len(fake_fal.submits) == 1 and done.items[0].attempts == 1
+
+
 @pytest.mark.parametrize(
     ("status", "code", "words"),
     [
@@ -114,7 +144,8 @@ def test_busy_fal_is_retried_then_succeeds(runtime_factory, fake_fal, tmp_path) 
 
 def test_server_errors_after_submit_resume_the_same_request(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
     fake_fal.set_latency(0.0, 0.3)
-    fake_fal.fail(500, on="status", times=2)
+    fake_fal.fail(500, on="stream", times=1)  # polling takes over...
+    fake_fal.fail(500, on="status", times=2)  # ...and fails too, so the item is retried
     fake_fal.fail(503, on="result", times=1)
     runtime = runtime_factory()
     job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
@@ -124,6 +155,7 @@ def test_server_errors_after_submit_resume_the_same_request(runtime_factory, fak
 
 
 def test_persistent_server_errors_fail_after_bounded_retries(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    fake_fal.fail(500, on="stream")
     fake_fal.fail(500, on="status")
     runtime = runtime_factory(fal_retries=2)
     job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from typing import Iterator
 
 import fal_client
@@ -144,6 +147,57 @@ def test_submit_status_walks_queued_inprogress_completed(fake: FakeFal) -> None:
     again = c.status("fal-ai/trellis", handle.request_id, with_logs=False)
     assert isinstance(again, fal_client.Completed) and again.logs is None
     assert fake.status_polls == len(seen) + 1
+
+
+def stream_events(url: str) -> list[dict]:
+    """Every event of one status stream, read to its end (the server closes it)."""
+    events = []
+    with httpx.stream("GET", url + "/stream", params={"logs": 1}, headers=AUTH, timeout=10) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[len("data: "):]))
+    return events
+
+
+def test_status_stream_sends_each_change_then_closes_after_completed(fake: FakeFal) -> None:
+    fake.set_latency(0.3, 0.6)
+    handle = client().submit("fal-ai/trellis", {"image_url": "https://example.com/a.png"})
+    events = stream_events(handle.status_url)
+    kinds = [e["status"] for e in events]
+    assert kinds[0] == "IN_QUEUE" and kinds[-1] == "COMPLETED" and "IN_PROGRESS" in kinds
+    assert kinds.index("COMPLETED") == len(kinds) - 1, "the stream ends with COMPLETED"
+    positions = [e["queue_position"] for e in events if e["status"] == "IN_QUEUE"]
+    assert positions == sorted(positions, reverse=True) and positions[-1] == 0
+    # each event carries only new log lines: together they are the full log, without repeats
+    streamed = [line["message"] for e in events for line in e["logs"] or []]
+    polled = [line["message"] for line in client().status("fal-ai/trellis", handle.request_id, with_logs=True).logs]
+    assert streamed == polled
+    assert events[-1]["metrics"] == {"inference_time": 0.6}
+    # a stream opened after the end answers the current status at once, and closes
+    assert [e["status"] for e in stream_events(handle.status_url)] == ["COMPLETED"]
+    assert fake.status_streams == 2
+
+
+def test_status_stream_ends_when_the_request_is_cancelled(fake: FakeFal) -> None:
+    fake.set_latency(0.0, 30.0)
+    handle = client().submit("fal-ai/trellis", {"image_url": "https://example.com/a.png"})
+    threading.Timer(0.3, handle.cancel).start()
+    started = time.monotonic()
+    events = stream_events(handle.status_url)
+    assert time.monotonic() - started < 2.0
+    assert events[-1]["status"] == "COMPLETED" and events[-1]["error_type"] == "request_cancelled"
+
+
+def test_status_stream_knobs(fake: FakeFal) -> None:
+    fake.set_latency(0.0, 1.0)
+    handle = client().submit("fal-ai/trellis", {"image_url": "https://example.com/a.png"})
+    fake.stream_breaks_after = 1
+    assert [e["status"] for e in stream_events(handle.status_url)] == ["IN_PROGRESS"]
+    fake.status_stream = False
+    missing = httpx.get(handle.status_url + "/stream", headers=AUTH)
+    assert missing.status_code == 404
 
 
 def test_status_http_codes_and_result_before_completion(fake: FakeFal) -> None:

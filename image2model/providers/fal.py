@@ -3,15 +3,21 @@
 The order matters for money: upload, submit, and store the request id *before* waiting, so a
 retry or a restarted worker resumes the same paid request instead of submitting again.
 Errors are classified by HTTP status, never by message text.
+
+Waiting follows FAL's status stream (server-sent events), which reports completion the moment
+it happens; where the stream is unavailable or breaks, polling takes over.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,7 @@ from image2model.providers.base import ItemCancelled, ItemFailed, ItemRun, Provi
 log = logging.getLogger(__name__)
 
 FAST_POLL_SECONDS = 0.1  # fal-client's own polling interval
+STREAM_QUIET_SECONDS = 1.0  # a status stream silent this long is reopened (after a stop check)
 PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)\s*%")
 DOWNLOAD_CHUNK = 1024 * 256
 
@@ -65,6 +72,15 @@ def describe_detail(detail: Any) -> str:
     return str(detail or "no details")[:500]
 
 
+def error_detail(response: httpx.Response) -> Any:
+    """FAL's `detail` from an error answer, else its text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text
+    return body.get("detail", body) if isinstance(body, dict) else body
+
+
 def dig(data: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         if not isinstance(data, dict):
@@ -77,6 +93,79 @@ def file_url(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("url")
     return value if isinstance(value, str) and value.startswith(("http://", "https://")) else None
+
+
+class StreamUnavailable(Exception):
+    """FAL's status stream cannot be used for this request; polling takes over."""
+
+
+def sse_data(lines: Iterable[str]) -> Iterator[str]:
+    """The data of each server-sent event; comments and other fields are skipped."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+
+
+def parse_status(text: str) -> fal_client.Status | None:
+    """One status event as fal-client's own status objects (None for a kind we don't know)."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("a status event is not a JSON object")
+    kind = data.get("status")
+    if kind == "IN_QUEUE":
+        return fal_client.Queued(position=int(data.get("queue_position") or 0))
+    if kind == "IN_PROGRESS":
+        return fal_client.InProgress(logs=data.get("logs"))
+    if kind == "COMPLETED":
+        return fal_client.Completed(logs=data.get("logs"), metrics=data.get("metrics") or {},
+                                    error=data.get("error"), error_type=data.get("error_type"))
+    return None
+
+
+@dataclass
+class StatusWatch:
+    """Turns FAL statuses, streamed or polled, into item progress.
+
+    Progress comes from the model's log percentages, else from elapsed time against the
+    model's typical duration (which also tells polling when to speed up)."""
+
+    item: ItemRun
+    typical: float
+    since: float = field(default_factory=time.monotonic)
+    seen_unfinished: float = 0.0  # how long after submit (or resume) FAL last said "not done"
+    last_percent: float | None = None
+    last_logs: list[dict[str, Any]] | None = None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.since
+
+    def saw(self, status: fal_client.Status, asked_at: float) -> bool:
+        """Report one status, asked for `asked_at` seconds after the start; True once done."""
+        if isinstance(status, fal_client.Completed):
+            return True
+        self.seen_unfinished = max(self.seen_unfinished, asked_at)
+        if isinstance(status, fal_client.Queued):
+            self.item.progress(5, f"Waiting in FAL's queue (position {status.position + 1})")
+        elif isinstance(status, fal_client.InProgress):
+            if status.logs:  # a stream sends only new lines; a poll sends them all
+                self.last_logs = status.logs
+                logged = percent_from_logs(status.logs)
+                self.last_percent = logged if logged is not None else self.last_percent
+            self.item.progress(*running_progress(self.elapsed(), self.typical, self.last_percent, self.last_logs))
+        return False
+
+
+def percent_from_logs(logs: list[dict[str, Any]] | None) -> float | None:
+    for entry in reversed(logs or []):
+        match = PERCENT.search(str(entry.get("message", "")))
+        if match and float(match.group(1)) <= 100:
+            return float(match.group(1))
+    return None
 
 
 class PooledSyncClient(fal_client.SyncClient):
@@ -107,7 +196,7 @@ class FalProvider:
         self.http_timeout = http_timeout
         self._lock = threading.Lock()
         self._fal: fal_client.SyncClient | None = None
-        self._http: httpx.Client | None = None
+        self._plain: httpx.Client | None = None
 
     def _client(self) -> fal_client.SyncClient:
         with self._lock:
@@ -115,11 +204,16 @@ class FalProvider:
                 self._fal = PooledSyncClient(key=self.key, default_timeout=self.http_timeout)
             return self._fal
 
-    def _downloads(self) -> httpx.Client:
+    @property
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Key {self.key}"}
+
+    def _http(self) -> httpx.Client:
+        """Plain HTTP for downloads and status streams (fal-client has no stream call)."""
         with self._lock:
-            if self._http is None:
-                self._http = httpx.Client(follow_redirects=True, timeout=self.http_timeout)
-            return self._http
+            if self._plain is None:
+                self._plain = httpx.Client(follow_redirects=True, timeout=self.http_timeout)
+            return self._plain
 
     def run(self, item: ItemRun) -> ProviderOutput:
         if not self.key.strip():  # fal-client would retry a malformed header for a minute
@@ -132,7 +226,7 @@ class FalProvider:
         except (fal_client.FalClientTimeoutError, httpx.TimeoutException) as exc:
             raise ItemFailed("fal_unavailable", f"FAL did not answer in time: {exc}", retryable=True) from exc
         except httpx.HTTPStatusError as exc:
-            raise classify_http_error(exc.response.status_code, exc.response.text) from exc
+            raise classify_http_error(exc.response.status_code, error_detail(exc.response)) from exc
         except httpx.TransportError as exc:
             raise ItemFailed("fal_unavailable", f"Could not reach FAL: {exc}", retryable=True) from exc
         except MissingCredentialsError as exc:
@@ -144,7 +238,6 @@ class FalProvider:
         if request_id is None:
             urls = self._upload_inputs(client, item)
             item.check_stop()
-            item.progress(4, "Sending to FAL")
             handle = client.submit(spec.id, spec.fal_arguments(urls, item.params, item.mode))
             request_id = handle.request_id
             item.remember_request(request_id)
@@ -154,7 +247,7 @@ class FalProvider:
             log.info("fal resumed", extra={"job_id": item.job_id, "item": item.index, "request_id": request_id})
         run_seconds = self._wait(client, item, request_id)
         item.progress(90, "Downloading the model")
-        result = client.result(spec.id, request_id)
+        result = self._fetch_result(client, item, request_id)
         self._download_model(result, item)
         has_preview = self._download_preview(result, item)
         return ProviderOutput(has_preview=has_preview, run_seconds=run_seconds)
@@ -169,48 +262,77 @@ class FalProvider:
         return urls
 
     def _wait(self, client: fal_client.SyncClient, item: ItemRun, request_id: str) -> float:
-        """Poll until FAL completes; when the item must stop, tell FAL to stop too."""
+        """Wait until FAL completes; when the item must stop, tell FAL to stop too. Returns how
+        long the request took after submit (or resume), never more than it did."""
         try:
-            return self._poll(client, item, request_id)
+            watch = StatusWatch(item, item.typical_seconds())
+            try:
+                return self._follow_stream(client, item, request_id, watch)
+            except StreamUnavailable as exc:
+                log.info("fal status stream unavailable, polling: %s", exc,
+                         extra={"job_id": item.job_id, "item": item.index, "request_id": request_id})
+            return self._poll(client, item, request_id, watch)
         except (ItemCancelled, ItemFailed) as exc:
             if isinstance(exc, ItemCancelled) or exc.code == "deadline_exceeded":
                 self._cancel(client, item, request_id)
             raise
 
-    def _poll(self, client: fal_client.SyncClient, item: ItemRun, request_id: str) -> float:
-        """Poll until COMPLETED; returns how long the request was last seen unfinished after
-        submit (or resume): a lower bound of its duration, so slow polling never teaches us
-        that a model is slower than it is.
-
-        Progress comes from the model's log percentages, else from elapsed time against the
-        model's typical duration, which also tells when to start polling fast."""
-        since = time.monotonic()
-        typical = item.typical_seconds()
-        last_percent: float | None = None
-        seen_unfinished = 0.0
+    def _follow_stream(self, client: fal_client.SyncClient, item: ItemRun, request_id: str,
+                       watch: StatusWatch) -> float:
+        """Follow the status stream until COMPLETED. FAL sends the current status as soon as a
+        stream opens, and closes it after COMPLETED. A stream that stays quiet for
+        STREAM_QUIET_SECONDS is opened again, after a check for cancel and the deadline; one
+        that ends early, answers anything but events, or says nothing three times running is
+        unavailable."""
+        url = client.get_handle(item.spec.id, request_id).status_url + "/stream"
+        timeout = httpx.Timeout(self.http_timeout, read=STREAM_QUIET_SECONDS)
+        headers = {**self._auth, "Accept": "text/event-stream"}
+        silent = 0
         while True:
             item.check_stop()
-            asked = time.monotonic() - since
-            status = client.status(item.spec.id, request_id, with_logs=True)
-            elapsed = time.monotonic() - since
-            if isinstance(status, fal_client.Completed):
-                return seen_unfinished
-            seen_unfinished = asked
-            if isinstance(status, fal_client.Queued):
-                item.progress(5, f"Waiting in FAL's queue (position {status.position + 1})")
-            elif isinstance(status, fal_client.InProgress):
-                logged = self._percent_from_logs(status.logs)
-                last_percent = logged if logged is not None else last_percent
-                item.progress(*running_progress(elapsed, typical, last_percent, status.logs))
-            item.sleep(poll_interval(item.poll_seconds, elapsed, typical))
+            events = 0
+            try:
+                with self._http().stream("GET", url, params={"logs": "1"}, headers=headers,
+                                         timeout=timeout) as response:
+                    kind = response.headers.get("content-type", "")
+                    if response.status_code != 200 or not kind.startswith("text/event-stream"):
+                        raise StreamUnavailable(f"HTTP {response.status_code} {kind}".strip())
+                    for data in sse_data(response.iter_lines()):
+                        events += 1
+                        status = parse_status(data)
+                        if status is not None and watch.saw(status, watch.elapsed()):
+                            return watch.elapsed()
+                        item.check_stop()
+                raise StreamUnavailable("the stream ended before the request finished")
+            except httpx.ReadTimeout as exc:
+                silent = silent + 1 if events == 0 else 0
+                if silent >= 3:
+                    raise StreamUnavailable("the stream sent nothing") from exc
+            except (httpx.TransportError, ValueError) as exc:
+                raise StreamUnavailable(str(exc) or type(exc).__name__) from exc
 
-    @staticmethod
-    def _percent_from_logs(logs: list[dict[str, Any]] | None) -> float | None:
-        for entry in reversed(logs or []):
-            match = PERCENT.search(str(entry.get("message", "")))
-            if match and float(match.group(1)) <= 100:
-                return float(match.group(1))
-        return None
+    def _poll(self, client: fal_client.SyncClient, item: ItemRun, request_id: str, watch: StatusWatch) -> float:
+        """Poll until COMPLETED; returns the last time FAL said it was not done, a lower bound
+        of its duration, so slow polling never teaches us that a model is slower than it is."""
+        while True:
+            item.check_stop()
+            asked = watch.elapsed()
+            status = client.status(item.spec.id, request_id, with_logs=True)
+            if watch.saw(status, asked):
+                return watch.seen_unfinished
+            item.sleep(poll_interval(item.poll_seconds, watch.elapsed(), watch.typical))
+
+    def _fetch_result(self, client: fal_client.SyncClient, item: ItemRun, request_id: str) -> Any:
+        """The model's output. (fal-client's result() would first ask for the status again,
+        which costs a round trip after the stream has already said COMPLETED.)"""
+        url = client.get_handle(item.spec.id, request_id).response_url
+        response = self._http().get(url, headers=self._auth)
+        if response.status_code >= 400:
+            raise classify_http_error(response.status_code, error_detail(response))
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ItemFailed("invalid_model", "FAL finished but its answer was not readable.") from exc
 
     def _download_model(self, result: Any, item: ItemRun) -> None:
         url = next((file_url(dig(result, f)) for f in item.spec.mesh_fields if file_url(dig(result, f))), None)
@@ -219,8 +341,8 @@ class FalProvider:
         self._download(url, item.model_target, item)
 
     def _download_preview(self, result: Any, item: ItemRun) -> bool:
-        for field in item.spec.preview_fields:
-            url = file_url(dig(result, field))
+        for name in item.spec.preview_fields:
+            url = file_url(dig(result, name))
             if url:
                 try:
                     self._download(url, item.preview_target, item)
@@ -231,7 +353,7 @@ class FalProvider:
 
     def _download(self, url: str, target: Path, item: ItemRun) -> None:
         cap = item.max_result_bytes
-        with self._downloads().stream("GET", url) as response:
+        with self._http().stream("GET", url) as response:
             response.raise_for_status()
             declared = int(response.headers.get("content-length") or 0)
             if declared > cap:

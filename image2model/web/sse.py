@@ -21,6 +21,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from image2model.errors import AppError
 from image2model.jobs.model import Job, JobState
@@ -41,14 +42,14 @@ log = logging.getLogger(__name__)
 class Snapshot:
     job: Job
     data: str  # the status as JSON, encoded once per version
-    visible: str  # the same without the version: what a client can tell apart
+    visible: dict[str, Any]  # the status without the version: what a client can tell apart
 
     @classmethod
     def of(cls, job: Job) -> Snapshot:
         status = job_status(job)
         data = json.dumps(status, separators=(",", ":"))
         status.pop("version")
-        return cls(job, data, json.dumps(status, separators=(",", ":"), sort_keys=True))
+        return cls(job, data, status)
 
     @property
     def version(self) -> int:
@@ -174,7 +175,7 @@ async def job_events(watchers: Watchers, job: Job, last_event_id: int | None, he
     """The event stream for one job (access was checked by the route)."""
     sent = last_event_id if last_event_id is not None and last_event_id <= job.version else -1
     retry: int | None = retry_ms  # sent once, with the first event
-    sent_visible = ""
+    sent_visible: dict[str, Any] | None = None
     async with watchers.watch(job) as watch:
         while True:
             snapshot, woken = watch.snapshot, watch.changed

@@ -64,7 +64,7 @@ class LiveItemRun:
     _last_write: float = 0.0
     _last_message: str = ""
     _last_percent: float = 0.0
-    _cancel_checked_at: float = 0.0
+    _cancel_checked_at: float = field(default_factory=time.monotonic)  # the claim just looked
     _cancelled: bool = False
     lost: threading.Event = field(default_factory=threading.Event)
     stopping: threading.Event = field(default_factory=threading.Event)
