@@ -361,3 +361,29 @@ def test_clicking_generate_again_while_a_job_runs_makes_no_second_job(
     wait_states(page, {"Done"}, 2, timeout=30)
     wait_for(page, lambda: page.locator("#generate").is_enabled(), 10, "Generate enabled again when done")
     assert len(fake_fal.submits) == 2
+
+
+
+@SQLITE
+def test_a_double_click_on_generate_makes_one_job_and_the_page_follows_it(
+        fake_fal, live_server_factory, open_page, backend) -> None:  # noqa: ANN001 - fake outlives the server
+    """Two clicks a few milliseconds apart reach the server as two starts; before the watcher
+    hung off the job box, half the time neither start's watcher ran and the page sat empty."""
+    fake_fal.set_latency(0.0, 1.5)
+    server = live_server_factory()
+    jobs: list[str] = []
+    for round_, photos in enumerate(([DUCK, MUG], [MUG])):  # two rounds: each failed about half the time
+        page = open_page(server)
+        choose_model(page, "TRELLIS — Microsoft", "Microsoft TRELLIS")
+        page.set_input_files("#images input[type=file]", photos)
+        page.wait_for_timeout(300)
+        page.dblclick("#generate")
+        jobs.append(job_id_in_url(page))
+        try:
+            wait_states(page, {"Done"}, len(photos), timeout=20)
+            # a refused second start said "still running"; once the job is done, that is stale
+            wait_for(page, lambda: not page.locator("#notice").is_visible(), 5, "the notice to go")
+        finally:
+            shot(page, f"27-double-click-round-{round_}")
+        assert sorted(server.runtime.store.all_job_ids()) == sorted(jobs), "a double click made a second job"
+    assert len(fake_fal.submits) == 3

@@ -114,7 +114,7 @@ class Page:
                     self._inputs()
                 with gr.Column(scale=7, min_width=320):
                     self._results()
-            self.job_box = gr.Textbox(visible=False, elem_id="job-id")
+            self.job_box = gr.Textbox(visible="hidden", elem_id="job-id")  # in the DOM: its change fires
             # What this tab shows (job id, result index). Kept in the page rather than in a
             # gr.State: a State makes every client hold a heartbeat connection open.
             self.view_state = gr.JSON({"job": "", "index": None}, visible=False)
@@ -179,17 +179,18 @@ class Page:
         start_outputs = [self.job_box, self.notice, self.seed, self.recent, self.recent_pick]
         start_inputs = [self.files, self.model, self.mode, self.seed, self.randomize, self.recent, self.job_box,
                         *self.form.inputs]
-        self._then_watch(self.generate_btn.click(
-            self.start, start_inputs, start_outputs, concurrency_limit=None, show_progress="minimal",
-            validator=count_validator(self.settings.max_images, len(start_inputs)), **PRIVATE))
-        self._then_watch(self.examples.load_input_event.then(
-            self.start_example, [self.files, self.recent], [self.model, *start_outputs], concurrency_limit=None,
-            show_progress="minimal", **PRIVATE))
-        self._then_watch(self.recent_pick.input(self.open_recent, [self.recent_pick], [self.job_box, self.notice],
-                                                concurrency_limit=None, **PRIVATE))
-        self._then_watch(demo.load(self.on_load, [self.recent],
-                                   [self.job_box, self.notice, self.recent, self.recent_pick],
-                                   concurrency_limit=None, **PRIVATE))
+        # Each of these may choose a job by setting the job box; its change starts the watcher.
+        self.generate_btn.click(self.start, start_inputs, start_outputs, concurrency_limit=None,
+                                show_progress="minimal",
+                                validator=count_validator(self.settings.max_images, len(start_inputs)), **PRIVATE)
+        self.examples.load_input_event.then(self.start_example, [self.files, self.recent],
+                                            [self.model, *start_outputs], concurrency_limit=None,
+                                            show_progress="minimal", **PRIVATE)
+        self.recent_pick.input(self.open_recent, [self.recent_pick], [self.job_box, self.notice],
+                               concurrency_limit=None, **PRIVATE)
+        demo.load(self.on_load, [self.recent], [self.job_box, self.notice, self.recent, self.recent_pick],
+                  concurrency_limit=None, **PRIVATE)
+        self._watch_chosen_job()
 
         self.files.change(self.show_uploads, [self.files], [self.thumbs, self.upload_note, self.notice],
                           concurrency_limit=4, show_progress="hidden", **PRIVATE)
@@ -205,15 +206,17 @@ class Page:
         self.zip_btn.click(self.export_all, [self.job_box], [self.export_file, self.notice], concurrency_limit=2,
                            **PRIVATE)
 
-    def _then_watch(self, event: Any) -> None:
-        """After `event` chose a job: put it in the URL, then follow it. A failed start leaves
-        the job box as it was, and the new watcher carries on with that job where it was."""
+    def _watch_chosen_job(self) -> None:
+        """When the job box changes: put the job in the URL, then follow it. Following hangs off
+        the box, not off each button's event chain: a double click on Generate sends two
+        starts at once, and Gradio 6.31 then dropped the chains of both (no watcher at all).
+        A new watcher replaces the tab's old one, which stops at its next update."""
         watch_outputs = [self.progress, self.table, self.viewer, self.result_pick, self.stats, self.glb_btn,
                          self.cancel_btn, self.generate_btn, self.zip_btn, self.convert_btn, self.export_file, self.notice,
                          self.view_state]
-        event.then(None, [self.job_box], None, js=SET_URL_JS, **PRIVATE).then(
+        self.job_box.change(None, [self.job_box], None, js=SET_URL_JS, **PRIVATE).then(
             self.watch, [self.job_box, self.view_state], watch_outputs, concurrency_limit=None,
-            show_progress="hidden", **PRIVATE)
+            show_progress="hidden", trigger_mode="multiple", **PRIVATE)
 
     # --- choosing photos, model and settings ---------------------------------------------------
     def show_uploads(self, chosen: list[str] | None) -> tuple[Any, Any, Any]:
@@ -347,8 +350,8 @@ class Page:
         update = {self.progress: progress_html(status), self.table: table_rows(status),
                   self.cancel_btn: gr.update(interactive=not status["finished"]),
                   self.generate_btn: gr.update(interactive=status["finished"])}
-        if status["state"] == "cancelled":
-            update[self.notice] = note("")  # "Cancelling..." has done its job
+        if status["finished"]:
+            update[self.notice] = note("")  # "Cancelling..." or "still running" is out of date
         return update
 
     def clear_results(self, job_id: str) -> dict[Any, Any]:
