@@ -30,7 +30,7 @@ def measure(model: str, count: int, size: tuple[int, int]) -> dict:
     with temp_dir("i2m-bench-p7-") as tmp, fake_fal(0.2, 1.0) as fake:
         images = distinct_images(tmp / "in", count, size)
         app = AppProcess(tmp / "data", fake.base_url if model != "local/relief" else None,
-                         RATE_LIMIT_API="", RATE_LIMIT_UPLOAD="")
+                         RATE_LIMIT_API="off", RATE_LIMIT_UPLOAD="off")
         try:
             httpx.get(app.url + "/", timeout=30)  # the page rendered once, as a visitor would
             time.sleep(1.0)

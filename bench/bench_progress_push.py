@@ -110,7 +110,7 @@ def measure(mode: str, count: int) -> list[dict]:
     rows = []
     with temp_dir("i2m-bench-p2-") as tmp, fake_fal(0.0, 3600.0) as fake:
         image = distinct_images(tmp / "in", 1)[0]
-        env = {"FAL_POLL_SECONDS": "60", "RATE_LIMIT_API": "", "RATE_LIMIT_UPLOAD": ""}
+        env = {"FAL_POLL_SECONDS": "60", "RATE_LIMIT_API": "off", "RATE_LIMIT_UPLOAD": "off"}
 
         def run(app: AppProcess, redis_url: str) -> None:
             store = make_store(make_settings(tmp / "data", redis_url))

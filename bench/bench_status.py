@@ -70,7 +70,7 @@ def main() -> None:
     seconds, connections = (2, 4) if args.quick else (10, 32)
     runs = args.runs or (1 if args.quick else 3)
     with temp_dir("i2m-bench-p6-") as tmp:
-        app = AppProcess(tmp / "data", RATE_LIMIT_API="", RATE_LIMIT_UPLOAD="")
+        app = AppProcess(tmp / "data", RATE_LIMIT_API="off", RATE_LIMIT_UPLOAD="off")
         try:
             images = distinct_images(tmp / "in", 25, (64, 48))
             files = [("files", (p.name, p.read_bytes(), "image/png")) for p in images]

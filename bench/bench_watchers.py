@@ -79,7 +79,7 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * streams + 256)), hard))
     with temp_dir("i2m-bench-p3-") as tmp:
-        app = AppProcess(tmp / "data", RATE_LIMIT_API="", RATE_LIMIT_UPLOAD="", EMBEDDED_WORKER="false")
+        app = AppProcess(tmp / "data", RATE_LIMIT_API="off", RATE_LIMIT_UPLOAD="off", EMBEDDED_WORKER="false")
         store = make_store(make_settings(tmp / "data"))
         try:
             image = distinct_images(tmp / "in", 1)[0]

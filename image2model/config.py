@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, field_validator
+from limits import parse_many
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -70,12 +71,23 @@ class Settings(BaseSettings):
 
     # REST API access (image2model/web/security.py). Lists are comma-separated.
     api_keys: str = Field(default="", repr=False)  # empty: /api/v1 is open (a warning is logged)
-    rate_limit_api: str = "100/minute"  # per key, or per client address without one; empty = off
-    rate_limit_upload: str = "10/minute"  # job creation, on top of rate_limit_api; empty = off
+    rate_limit_api: str = "100/minute"  # per key, or per client address without one; "off" = none
+    rate_limit_upload: str = "10/minute"  # job creation, on top of rate_limit_api; "off" = none
     trusted_proxies: str = ""  # IPs/CIDRs whose X-Forwarded-For is believed, e.g. "10.0.0.0/8"
     cors_origins: str = ""  # origins allowed to call the API from a browser; "*" = any
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
     sse_retry_ms: int = Field(default=3000, ge=0)
+
+    @field_validator("rate_limit_api", "rate_limit_upload")
+    @classmethod
+    def _limit_or_off(cls, value: str) -> str:
+        """`off` turns a limit off (an empty `NAME=` means the default, like every setting);
+        anything else must be a limit such as `100/minute`, checked now rather than later."""
+        value = value.strip()
+        if value.lower() in ("", "off", "none"):
+            return "off"
+        parse_many(value)  # ValueError names the text it could not read
+        return value
 
     @property
     def api_key_list(self) -> list[str]:

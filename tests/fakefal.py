@@ -35,6 +35,7 @@ import math
 import mimetypes
 import os
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -445,6 +446,12 @@ class _Server(ThreadingHTTPServer):
     # and each dropped SYN costs the client a 1 s retransmit: real FAL has no such limit.
     request_queue_size = 256
     fake: "FakeFal"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that drops its keep-alive connection is normal, not a traceback."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class FakeFal:

@@ -62,3 +62,20 @@ def test_gradio_server_port_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("PORT", raising=False)
     monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
     assert Settings(_env_file=None).port == 7999
+
+
+def test_rate_limits_turn_off_with_off_and_keep_their_default_when_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    from image2model.web.security import RateLimiter
+
+    monkeypatch.setenv("RATE_LIMIT_API", "off")
+    monkeypatch.setenv("RATE_LIMIT_UPLOAD", "")  # `NAME=` as in .env.example: the default
+    settings = Settings(_env_file=None)
+    limiter = RateLimiter(settings)
+    assert limiter.groups["api"] == []
+    assert [str(item) for item in limiter.groups["upload"]] == ["10 per 1 minute"]
+
+
+def test_an_unreadable_rate_limit_stops_the_app_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RATE_LIMIT_API", "100 a minute please")
+    with pytest.raises(ValueError, match="RATE_LIMIT_API|rate_limit_api"):
+        Settings(_env_file=None)

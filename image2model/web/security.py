@@ -130,14 +130,18 @@ def limiter_storage(settings: Settings) -> Storage:
     return MemoryStorage()
 
 
+def limits_of(setting: str) -> list[RateLimitItem]:
+    return [] if setting == "off" else parse_many(setting)
+
+
 class RateLimiter:
     """Named groups of limits ("api", "upload") counted per caller identity."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.groups: dict[str, list[RateLimitItem]] = {
-            "api": parse_many(settings.rate_limit_api) if settings.rate_limit_api.strip() else [],
-            "upload": parse_many(settings.rate_limit_upload) if settings.rate_limit_upload.strip() else [],
+            "api": limits_of(settings.rate_limit_api),
+            "upload": limits_of(settings.rate_limit_upload),
         }
         self._main: MovingWindowRateLimiter | None = None  # built on first use, inside the loop
         self._fallback: MovingWindowRateLimiter | None = None
