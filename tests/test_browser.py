@@ -311,10 +311,14 @@ def test_mistakes_are_explained_in_plain_words(
     fake.write_bytes(b"this is a text file pretending to be a picture")
     page.set_input_files("#images input[type=file]", [MUG, str(fake)])
     note = page.locator("#upload-note")
-    wait_for(page, lambda: note.count() and "not an image" in note.inner_text(), 15, "the upload note")
+    wait_for(page, lambda: note.count() and "'holiday.png' is not an image" in note.inner_text(), 15,
+             "the upload note")
+    wait_for(page, lambda: page.locator("#thumbs img").count() == 1, 15, "one thumbnail: the mug's")
+    assert "holiday.png" not in page.locator("#thumbs").inner_text(), "a broken picture for the text file"
     page.click("#generate")
     notice = page.locator("#notice")
-    wait_for(page, lambda: notice.count() and "'holiday.png' is not an image" in notice.inner_text(), 15, "notice")
+    wait_for(page, lambda: notice.count() and "the note under the photos" in notice.inner_text(), 15, "notice")
+    assert "not an image" not in notice.inner_text(), "the same problem said twice"
     shot(page, "31-not-an-image")
 
     page.click("#images button[aria-label='Clear']")

@@ -223,7 +223,9 @@ class Page:
         """Thumbnails with names, and what is wrong with the photos, said at once."""
         uploads = uploads_from(chosen)
         problems = self.service.upload_problems(uploads)
-        gallery = [(str(u.path), u.name) for u in uploads[: self.settings.max_images]]
+        # only what is readable gets a thumbnail: a broken picture says less than the note
+        gallery = [(str(u.path), u.name) for u in uploads[: self.settings.max_images]
+                   if not problems or not self.service.upload_problems([u])]
         # a notice about the previous photos would now be out of date
         return gr.update(value=gallery or None, visible=bool(gallery)), note(" ".join(problems)), note("")
 
@@ -241,6 +243,9 @@ class Page:
             options = options_for(catalog()[model_id], self.form, list(flat), seed_value, random_seed)
         except Exception as exc:  # noqa: BLE001 - shown in words, never as a traceback
             return [gr.skip(), note(friendly(exc)), gr.skip(), gr.skip(), gr.skip()]
+        if self.service.upload_problems(uploads_from(chosen)):  # the note under the photos says what
+            return [gr.skip(), note("Fix what the note under the photos says, then press Generate again."),
+                    gr.skip(), gr.skip(), gr.skip()]
         session = getattr(request, "session_hash", None) or ""
         with self.starting:  # checked and created in one step: a second click must not pay again
             if self.still_running(current_job) or self.still_running(self.session_jobs.get(session)):
