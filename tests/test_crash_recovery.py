@@ -34,8 +34,10 @@ def test_sigkilled_consumer_is_replaced_and_the_fal_request_resumed(settings_fac
         request_ids = [i.request_id for i in stuck.items]
 
         second = start_consumer_process(settings, fake_fal.base_url)
-        # the periodic reaper's work, once the heartbeats have gone stale
-        requeued = wait_until(lambda: web.runner.reap(), timeout=20, interval=0.2)
+        # the periodic reaper's work, once the heartbeats have gone stale (each item's last
+        # heartbeat came at its own moment, so one round may find only one of them stale)
+        requeued: list[tuple[str, int]] = []
+        wait_until(lambda: requeued.extend(web.runner.reap()) or len(requeued) >= 2, timeout=20, interval=0.2)
         assert sorted(index for _, index in requeued) == [0, 1]
 
         done = wait_done(web.service, job.id, timeout=60)
