@@ -459,11 +459,11 @@ class FakeFal:
 
     Knobs (plain attributes, safe to change while running): ``queue_seconds``,
     ``run_seconds`` (snapshotted per request at submit), ``fail_cdn_upload``,
-    ``result_bytes``, ``omit_output_field``, ``status_stream``, ``stream_breaks_after``;
-    plus :meth:`fail`.
+    ``result_bytes``, ``omit_output_field``, ``status_stream``, ``stream_breaks_after``,
+    ``stream_silent``; plus :meth:`fail`.
     Counters: ``submits``, ``submit_counts_by_sha256``, ``uploads``,
     ``status_polls``, ``status_streams``, ``requests_log``, ``cancelled``, ``cancel_calls``.
-    ``status_stream`` and ``stream_breaks_after`` shape the status stream endpoint.
+    ``status_stream``, ``stream_breaks_after`` and ``stream_silent`` shape the status stream.
     """
 
     def __init__(
@@ -476,6 +476,7 @@ class FakeFal:
         omit_output_field: bool = False,
         status_stream: bool = True,
         stream_breaks_after: int | None = None,
+        stream_silent: bool = False,
     ) -> None:
         self.queue_seconds = queue_seconds
         self.run_seconds = run_seconds
@@ -484,6 +485,7 @@ class FakeFal:
         self.omit_output_field = omit_output_field
         self.status_stream = status_stream  # False: answer 404, like a FAL without the endpoint
         self.stream_breaks_after = stream_breaks_after  # cut each stream after this many events
+        self.stream_silent = stream_silent  # hold streams open but send nothing (a buffering proxy)
 
         self._lock = threading.RLock()
         self._files: dict[str, StoredFile] = {}  # file id -> file
@@ -827,6 +829,10 @@ class FakeFal:
         server closes the stream after COMPLETED."""
         with_logs = _wants_logs(query)
         reply.start_stream(req.request_id)
+        if self.stream_silent:  # like a proxy that buffers events: the client hears nothing
+            while self.stream_silent and req.phase(time.monotonic()) not in ("done", "cancelled"):
+                req.cancelled.wait(0.05)
+            return
         sent_logs = 0
         last_key: tuple[Any, ...] | None = None
         last_sent = 0.0

@@ -94,7 +94,7 @@ def test_completion_comes_from_the_status_stream_without_polling(runtime_factory
     assert 1.2 <= runtime.store.typical_duration("fal-ai/trellis") <= 1.3 + 0.5
 
 
-@pytest.mark.parametrize("trouble", ["missing", "drops", "fails"])
+@pytest.mark.parametrize("trouble", ["missing", "drops", "fails", "silent"])
 def test_polling_takes_over_when_the_status_stream_cannot_be_used(runtime_factory, fake_fal, tmp_path,
                                                                   trouble) -> None:  # noqa: ANN001
     fake_fal.set_latency(0.2, 0.6)
@@ -102,6 +102,9 @@ def test_polling_takes_over_when_the_status_stream_cannot_be_used(runtime_factor
         fake_fal.status_stream = False  # 404, as from a FAL without the endpoint
     elif trouble == "drops":
         fake_fal.stream_breaks_after = 1  # the connection drops after the first event
+    elif trouble == "silent":
+        fake_fal.set_latency(0.2, 4.0)  # long enough for three quiet seconds
+        fake_fal.stream_silent = True  # as behind a proxy that buffers events
     else:
         fake_fal.fail(502, on="stream")
     runtime = runtime_factory()
