@@ -332,6 +332,25 @@ def test_mistakes_are_explained_in_plain_words(
 
 
 @SQLITE
+def test_iphone_and_scanner_photos_get_thumbnails_the_browser_can_show(
+        live_server_factory, open_page, tmp_path, backend) -> None:  # noqa: ANN001
+    from tests.rest_helpers import encode, picture
+
+    heic, tiff = tmp_path / "iphone.heic", tmp_path / "scan.tiff"
+    heic.write_bytes(encode(picture((400, 300), 5), "HEIF"))
+    tiff.write_bytes(encode(picture((400, 300), 6), "TIFF"))
+    server = live_server_factory(fal_key="")
+    page = open_page(server)
+    page.set_input_files("#images input[type=file]", [str(heic), str(tiff), MUG])
+    thumbs = page.locator("#thumbs img")
+    wait_for(page, lambda: thumbs.count() == 3, 15, "three thumbnails")
+    decoded = wait_for(page, lambda: (widths := thumbs.evaluate_all("imgs => imgs.map(i => i.naturalWidth)"))
+                       and all(widths) and widths, 15, "every thumbnail decoded")
+    shot(page, "33-heic-and-tiff-thumbnails")
+    assert len(decoded) == 3 and min(decoded) > 0
+
+
+@SQLITE
 def test_an_example_runs_in_one_click_at_phone_width(live_server_factory, open_page, backend) -> None:  # noqa: ANN001
     server = live_server_factory(fal_key="")
     page = open_page(server, width=390, height=844)

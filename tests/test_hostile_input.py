@@ -222,6 +222,24 @@ def accepted_images() -> list[tuple[str, bytes]]:
     ]
 
 
+def test_the_page_gets_a_thumbnail_a_browser_can_show_for_every_accepted_format(tmp_path) -> None:  # noqa: ANN001
+    from image2model.media.images import BROWSER_FORMATS, PREVIEW_SIDE, browser_preview
+
+    for name, data in accepted_images():
+        path = tmp_path / name
+        path.write_bytes(data)
+        shown = browser_preview(path)
+        with Image.open(path) as original, Image.open(shown) as preview:
+            if original.format in BROWSER_FORMATS:
+                assert shown == path, name
+            else:  # HEIC, TIFF: a small upright JPEG beside the upload
+                assert shown.parent == path.parent and preview.format == "JPEG", name
+                assert max(preview.size) <= PREVIEW_SIDE and preview.mode == "RGB", name
+            assert preview.format in BROWSER_FORMATS, name
+    assert sorted(p.name for p in tmp_path.glob("*.preview.jpg")) == ["iphone.heic.preview.jpg",
+                                                                      "scan.tiff.preview.jpg"]
+
+
 def test_every_accepted_format_and_odd_mode_reaches_fal_normalised(  # noqa: ANN001
         fake_fal, live_server_factory) -> None:
     server = live_server_factory(fal_max_side=256, **OPEN_LIMITS)

@@ -109,6 +109,22 @@ def open_upright(path: Path, max_side: int) -> Image.Image:
     return converted
 
 
+BROWSER_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "AVIF", "MPO"}  # what an <img> shows
+PREVIEW_SIDE = 320
+
+
+def browser_preview(path: Path) -> Path:
+    """The file itself when a browser can show it, else a small JPEG beside it (HEIC from an
+    iPhone, TIFF): a thumbnail the browser cannot decode is a broken picture."""
+    with Image.open(path) as img:
+        if img.format in BROWSER_FORMATS:
+            return path
+    preview = path.with_name(f"{path.name}.preview.jpg")
+    if not preview.is_file():
+        open_upright(path, PREVIEW_SIDE).convert("RGB").save(preview, "JPEG", quality=85)
+    return preview
+
+
 def to_8bit(img: Image.Image) -> Image.Image:
     """RGB or RGBA, 8 bits per channel, whatever came in (16-bit, palette, CMYK, LA...)."""
     if img.mode in ("RGB", "RGBA"):

@@ -16,6 +16,7 @@ from typing import Any
 import gradio as gr
 
 from image2model.errors import AppError
+from image2model.media.images import browser_preview
 from image2model.examples import EXAMPLE_SETS, example_paths
 from image2model.providers.catalog import LOCAL_MODEL, ModelSpec, catalog
 from image2model.runtime import Runtime
@@ -224,7 +225,7 @@ class Page:
         uploads = uploads_from(chosen)
         problems = self.service.upload_problems(uploads)
         # only what is readable gets a thumbnail: a broken picture says less than the note
-        gallery = [(str(u.path), u.name) for u in uploads[: self.settings.max_images]
+        gallery = [(str(browser_preview(u.path)), u.name) for u in uploads[: self.settings.max_images]
                    if not problems or not self.service.upload_problems([u])]
         # a notice about the previous photos would now be out of date
         return gr.update(value=gallery or None, visible=bool(gallery)), note(" ".join(problems)), note("")
