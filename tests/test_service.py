@@ -55,6 +55,8 @@ def test_the_page_hears_the_same_problems_create_job_would_refuse(runtime_factor
     with pytest.raises(AppError) as refused:
         runtime.service.create_job(bad)
     assert problems == [refused.value.message]
+    assert runtime.service.sort_uploads(bad) == (good, problems)  # the page shows thumbnails of these only
+    assert runtime.service.sort_uploads(good * 3)[0] == good * 2  # the first max_images
     too_many = runtime.service.upload_problems(good * 3)
     with pytest.raises(AppError) as counted:
         runtime.service.create_job(good * 3)

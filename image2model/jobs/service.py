@@ -91,17 +91,24 @@ class JobService:
         """What create_job would refuse about these files, each said once, without creating
         anything: the page says it as soon as photos are added (an empty list is no problem
         yet). The same checks as create_job, so the page and every API agree."""
+        return self.sort_uploads(uploads)[1]
+
+    def sort_uploads(self, uploads: Sequence[Upload]) -> tuple[list[Upload], list[str]]:
+        """The uploads a job could take (within the count, readable as images), and the
+        problems of the rest, in one pass: the page shows thumbnails of the first only."""
+        usable: list[Upload] = []
         problems = []
         if len(uploads) > self.settings.max_images:
             problems.append(self._count_error(len(uploads)).message)
         for n, upload in enumerate(uploads[: self.settings.max_images]):
             try:
                 self._check_file(upload.path, upload.name or f"image-{n + 1}")
+                usable.append(upload)
             except AppError as exc:
                 problems.append(exc.message)
             except OSError:
                 problems.append(f"'{upload.name}' could not be read; please add it again.")
-        return problems
+        return usable, problems
 
     def _count_error(self, count: int) -> AppError:
         return AppError("too_many_images", f"You sent {count} images; the limit is "

@@ -245,9 +245,10 @@ class FalProvider:
         else:
             item.progress(5, "Resuming the FAL request")
             log.info("fal resumed", extra={"job_id": item.job_id, "item": item.index, "request_id": request_id})
-        run_seconds = self._wait(client, item, request_id)
+        handle = client.get_handle(spec.id, request_id)
+        run_seconds = self._wait(client, item, handle)
         item.progress(90, "Downloading the model")
-        result = self._fetch_result(client, item, request_id)
+        result = self._fetch_result(handle.response_url)
         self._download_model(result, item)
         has_preview = self._download_preview(result, item)
         return ProviderOutput(has_preview=has_preview, run_seconds=run_seconds)
@@ -261,30 +262,28 @@ class FalProvider:
             urls.append(client.upload_file(prepared))
         return urls
 
-    def _wait(self, client: fal_client.SyncClient, item: ItemRun, request_id: str) -> float:
+    def _wait(self, client: fal_client.SyncClient, item: ItemRun, handle: fal_client.SyncRequestHandle) -> float:
         """Wait until FAL completes; when the item must stop, tell FAL to stop too. Returns how
         long the request took after submit (or resume), never more than it did."""
         try:
             watch = StatusWatch(item, item.typical_seconds())
             try:
-                return self._follow_stream(client, item, request_id, watch)
+                return self._follow_stream(handle.status_url + "/stream", item, watch)
             except StreamUnavailable as exc:
                 log.info("fal status stream unavailable, polling: %s", exc,
-                         extra={"job_id": item.job_id, "item": item.index, "request_id": request_id})
-            return self._poll(client, item, request_id, watch)
+                         extra={"job_id": item.job_id, "item": item.index, "request_id": handle.request_id})
+            return self._poll(handle, item, watch)
         except (ItemCancelled, ItemFailed) as exc:
             if isinstance(exc, ItemCancelled) or exc.code == "deadline_exceeded":
-                self._cancel(client, item, request_id)
+                self._cancel(client, item, handle.request_id)
             raise
 
-    def _follow_stream(self, client: fal_client.SyncClient, item: ItemRun, request_id: str,
-                       watch: StatusWatch) -> float:
+    def _follow_stream(self, url: str, item: ItemRun, watch: StatusWatch) -> float:
         """Follow the status stream until COMPLETED. FAL sends the current status as soon as a
         stream opens, and closes it after COMPLETED. A stream that stays quiet for
         STREAM_QUIET_SECONDS is opened again, after a check for cancel and the deadline; one
         that ends early, answers anything but events, or says nothing three times running is
         unavailable."""
-        url = client.get_handle(item.spec.id, request_id).status_url + "/stream"
         timeout = httpx.Timeout(self.http_timeout, read=STREAM_QUIET_SECONDS)
         headers = {**self._auth, "Accept": "text/event-stream"}
         silent = 0
@@ -311,21 +310,20 @@ class FalProvider:
             except (httpx.TransportError, ValueError) as exc:
                 raise StreamUnavailable(str(exc) or type(exc).__name__) from exc
 
-    def _poll(self, client: fal_client.SyncClient, item: ItemRun, request_id: str, watch: StatusWatch) -> float:
+    def _poll(self, handle: fal_client.SyncRequestHandle, item: ItemRun, watch: StatusWatch) -> float:
         """Poll until COMPLETED; returns the last time FAL said it was not done, a lower bound
         of its duration, so slow polling never teaches us that a model is slower than it is."""
         while True:
             item.check_stop()
             asked = watch.elapsed()
-            status = client.status(item.spec.id, request_id, with_logs=True)
+            status = handle.status(with_logs=True)
             if watch.saw(status, asked):
                 return watch.seen_unfinished
             item.sleep(poll_interval(item.poll_seconds, watch.elapsed(), watch.typical))
 
-    def _fetch_result(self, client: fal_client.SyncClient, item: ItemRun, request_id: str) -> Any:
+    def _fetch_result(self, url: str) -> Any:
         """The model's output. (fal-client's result() would first ask for the status again,
         which costs a round trip after the stream has already said COMPLETED.)"""
-        url = client.get_handle(item.spec.id, request_id).response_url
         response = self._http().get(url, headers=self._auth)
         if response.status_code >= 400:
             raise classify_http_error(response.status_code, error_detail(response))

@@ -16,8 +16,8 @@ from typing import Any
 import gradio as gr
 
 from image2model.errors import AppError
-from image2model.media.images import browser_preview
 from image2model.examples import EXAMPLE_SETS, example_paths
+from image2model.media.images import browser_preview
 from image2model.providers.catalog import LOCAL_MODEL, ModelSpec, catalog
 from image2model.runtime import Runtime
 from image2model.web.ui_api import follow_job, register_api
@@ -222,11 +222,9 @@ class Page:
     # --- choosing photos, model and settings ---------------------------------------------------
     def show_uploads(self, chosen: list[str] | None) -> tuple[Any, Any, Any]:
         """Thumbnails with names, and what is wrong with the photos, said at once."""
-        uploads = uploads_from(chosen)
-        problems = self.service.upload_problems(uploads)
+        usable, problems = self.service.sort_uploads(uploads_from(chosen))
         # only what is readable gets a thumbnail: a broken picture says less than the note
-        gallery = [(str(browser_preview(u.path)), u.name) for u in uploads[: self.settings.max_images]
-                   if not problems or not self.service.upload_problems([u])]
+        gallery = [(str(browser_preview(u.path)), u.name) for u in usable]
         # a notice about the previous photos would now be out of date
         return gr.update(value=gallery or None, visible=bool(gallery)), note(" ".join(problems)), note("")
 
@@ -244,9 +242,6 @@ class Page:
             options = options_for(catalog()[model_id], self.form, list(flat), seed_value, random_seed)
         except Exception as exc:  # noqa: BLE001 - shown in words, never as a traceback
             return [gr.skip(), note(friendly(exc)), gr.skip(), gr.skip(), gr.skip()]
-        if self.service.upload_problems(uploads_from(chosen)):  # the note under the photos says what
-            return [gr.skip(), note("Fix what the note under the photos says, then press Generate again."),
-                    gr.skip(), gr.skip(), gr.skip()]
         session = getattr(request, "session_hash", None) or ""
         with self.starting:  # checked and created in one step: a second click must not pay again
             if self.still_running(current_job) or self.still_running(self.session_jobs.get(session)):
@@ -272,9 +267,13 @@ class Page:
     def launch(self, chosen: list[str] | None, model_id: str, mode_value: str, options: dict[str, Any],
                stored: Any) -> list[Any]:
         """Create the job through the job service; errors become a notice in plain words."""
+        uploads = uploads_from(chosen)
         try:
-            job = self.service.create_job(uploads_from(chosen), model=model_id, mode=mode_value, params=options)
+            job = self.service.create_job(uploads, model=model_id, mode=mode_value, params=options)
         except Exception as exc:  # noqa: BLE001
+            if self.service.upload_problems(uploads):  # already said under the photos: point there
+                return [gr.skip(), note("Fix what the note under the photos says, then press Generate again."),
+                        gr.skip(), gr.skip(), gr.skip()]
             return [gr.skip(), note(friendly(exc)), gr.skip(), gr.skip(), gr.skip()]
         used_seed = job.params.get("seed")
         updated = remember(stored, job)
