@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from limits import parse_many
 from pydantic import AliasChoices, Field, field_validator
@@ -52,9 +53,25 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=2.0, ge=0)
     retry_max_seconds: float = Field(default=60.0, ge=0)
     fal_poll_seconds: float = Field(default=1.0, gt=0)
+    # One call to FAL (status, result, cancel) waits at most this long, so a hung FAL never
+    # holds an item past its deadline or a cancel; a submit may take longer to answer.
+    fal_call_timeout_seconds: float = Field(default=5.0, gt=0)
+    fal_submit_timeout_seconds: float = Field(default=30.0, gt=0)
+    # FAL's Platform API, where a submit whose answer was lost is looked up by its inputs.
+    fal_api_url: str = "https://api.fal.ai/v1"
+    # How long after a lost submit FAL may take to list the request (it may list it only once
+    # it has ended): the lookup repeats until then before it counts as "not there".
+    fal_reconcile_seconds: float = Field(default=300.0, ge=0)
+    # When the lookup cannot decide (no stored inputs, key not allowed, API down): "fail" the
+    # photo with a plain message (it may have been charged), or "resubmit" it (may pay twice).
+    fal_uncertain_submit: Literal["fail", "resubmit"] = "fail"
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     stale_after_seconds: float = Field(default=60.0, gt=0)
     max_item_attempts: int = Field(default=3, ge=1)  # worker crashes tolerated per item
+    # Every worker process says it is alive this often, reaps dead workers' items and queues
+    # lost tasks again; its items are taken over once it has been silent for worker_ttl.
+    reap_seconds: float = Field(default=3.0, gt=0)
+    worker_ttl_seconds: float = Field(default=10.0, gt=0)
 
     # Housekeeping.
     retention_hours: float = Field(default=24.0, gt=0)

@@ -7,6 +7,7 @@ else constructs these parts, so every process agrees on where things live.
 from __future__ import annotations
 
 import logging
+import threading
 from functools import cached_property
 
 from huey import Huey
@@ -17,7 +18,8 @@ from image2model.jobs.store import JobStore
 from image2model.providers.base import Provider
 from image2model.storage import FileStore
 from image2model.worker.consumer import InProcessConsumer, start_embedded_consumer, stop_embedded_consumer
-from image2model.worker.queue import make_huey
+from image2model.worker.housekeeping import Housekeeper
+from image2model.worker.queue import make_huey, pending_item_tasks
 from image2model.worker.runner import ItemRunner
 from image2model.worker.tasks import Tasks, register_tasks
 
@@ -38,7 +40,7 @@ def make_providers(settings: Settings) -> dict[str, Provider]:
     from image2model.providers.fal import FalProvider
     from image2model.providers.local import LocalReliefProvider
 
-    return {"fal": FalProvider(settings.fal_key, settings.fal_max_side), "local": LocalReliefProvider()}
+    return {"fal": FalProvider.from_settings(settings), "local": LocalReliefProvider()}
 
 
 class Runtime:
@@ -48,9 +50,12 @@ class Runtime:
         self.store = make_store(settings)
         self.files = FileStore(settings.data_dir)
         self.huey: Huey = make_huey(settings)
-        self.runner = ItemRunner(self.store, self.files, settings, make_providers(settings), self.enqueue)
+        self.runner = ItemRunner(self.store, self.files, settings, make_providers(settings), self.enqueue,
+                                 pending_tasks=lambda: pending_item_tasks(self.huey))
         self.tasks: Tasks = register_tasks(self.huey, self.runner)
         self.consumer: InProcessConsumer | None = None
+        self.housekeeper: Housekeeper | None = None
+        self._housekeeping_lock = threading.Lock()
 
     def enqueue(self, job_id: str, index: int) -> None:
         self.tasks.run_item(job_id, index)
@@ -62,8 +67,15 @@ class Runtime:
     def start_consumer(self, workers: int | None = None) -> None:
         if self.consumer is None:
             self.runner.stopping.clear()
-            self.runner.reap()  # items whose worker died with the last process
+            self.start_housekeeping(workers or self.settings.workers)
             self.consumer = start_embedded_consumer(self.huey, workers or self.settings.workers)
+
+    def start_housekeeping(self, workers: int) -> None:
+        """Liveness, reaping and cleanup for this process; the first round runs now, so
+        items whose worker died with the last process are taken back before new work starts."""
+        with self._housekeeping_lock:
+            if self.housekeeper is None:
+                self.housekeeper = Housekeeper(self.runner, self.store, self.settings, workers).start()
 
     def stop_consumer(self) -> None:
         """Stop taking tasks, hand running items back to the queue, then drain."""
@@ -72,6 +84,9 @@ class Runtime:
             self.runner.stopping.set()
             stop_embedded_consumer(self.consumer)
             self.consumer = None
+        if self.housekeeper is not None:
+            self.housekeeper.stop()
+            self.housekeeper = None
 
     def close(self) -> None:
         self.stop_consumer()

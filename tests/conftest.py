@@ -44,6 +44,7 @@ def fake_fal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeFa
     undo = patch_fal_client(fake.base_url)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("FAL_HOME_DIR", str(tmp_path / "falhome"))
+    monkeypatch.setenv("FAL_API_URL", fake.platform_url)  # the Platform API's request history
     try:
         yield fake
     finally:
@@ -56,6 +57,7 @@ def make_settings(data_dir: Path, redis_url: str = "", **overrides: object) -> S
         data_dir=data_dir, redis_url=redis_url, fal_key="test-key", workers=8,
         fal_poll_seconds=0.05, heartbeat_seconds=0.3, stale_after_seconds=2.0,
         retry_base_seconds=0.05, retry_max_seconds=0.2, fal_retries=3, default_model="",
+        reap_seconds=0.3, worker_ttl_seconds=1.5, fal_reconcile_seconds=3.0, fal_call_timeout_seconds=2.0,
     )
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -104,6 +106,9 @@ def start_consumer_process(settings: Settings, fal_url: str | None, workers: int
         "DATA_DIR": str(settings.data_dir), "REDIS_URL": settings.redis_url, "FAL_KEY": settings.fal_key,
         "FAL_POLL_SECONDS": str(settings.fal_poll_seconds), "HEARTBEAT_SECONDS": str(settings.heartbeat_seconds),
         "STALE_AFTER_SECONDS": str(settings.stale_after_seconds), "NO_PROXY": "127.0.0.1,localhost",
+        "REAP_SECONDS": str(settings.reap_seconds), "WORKER_TTL_SECONDS": str(settings.worker_ttl_seconds),
+        "FAL_RECONCILE_SECONDS": str(settings.fal_reconcile_seconds),
+        "FAL_CALL_TIMEOUT_SECONDS": str(settings.fal_call_timeout_seconds),
         "PYTHONPATH": str(ROOT),
     })
     if fal_url:

@@ -76,7 +76,9 @@ _DEFAULT_ERROR_TYPES: dict[int, str] = {
 
 _INVALID_JSON_DETAIL = [{"loc": ["body"], "msg": "Invalid JSON body", "type": "json_invalid"}]
 
-FAIL_POINTS = ("submit", "status", "stream", "result", "upload", "cancel", "token", "download")
+FAIL_POINTS = ("submit", "status", "stream", "result", "upload", "cancel", "token", "download", "history")
+HANG_POINTS = ("status", "stream", "result", "cancel", "history")
+LOST_ANSWER_MODES = ("drop", "500", "hang")  # FAL accepted the submit, then: connection cut / 500 / silence
 
 STREAM_LOG_SECONDS = 0.25  # a running model's log lines arrive this often on the stream
 
@@ -130,6 +132,7 @@ def fal_env(
     """
     env = {
         FAKE_FAL_URL_ENV: getattr(fake, "base_url", fake),
+        "FAL_API_URL": getattr(fake, "base_url", fake) + "/v1",
         "FAL_KEY": key,
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",
@@ -339,6 +342,7 @@ class QueuedRequest:
     run_seconds: float
     cancelled_at: float | None = None
     cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+    sent_wall: float = field(default_factory=time.time)  # wall clock, for the Platform API's history
 
     def phase(self, now: float) -> str:
         """One of ``queued``, ``running``, ``done``, ``cancelled``."""
@@ -464,6 +468,10 @@ class FakeFal:
     Counters: ``submits``, ``submit_counts_by_sha256``, ``uploads``,
     ``status_polls``, ``status_streams``, ``requests_log``, ``cancelled``, ``cancel_calls``.
     ``status_stream``, ``stream_breaks_after`` and ``stream_silent`` shape the status stream.
+    The Platform API's request history (``GET /v1/models/requests/by-endpoint``) lists ended
+    requests, and unfinished ones too with ``history_lists_unfinished``; ``store_payloads``
+    False leaves out their inputs. :meth:`lose_submit_answers` accepts submits and then loses
+    the answer; :meth:`hang` makes calls hang.
     """
 
     def __init__(
@@ -486,6 +494,8 @@ class FakeFal:
         self.status_stream = status_stream  # False: answer 404, like a FAL without the endpoint
         self.stream_breaks_after = stream_breaks_after  # cut each stream after this many events
         self.stream_silent = stream_silent  # hold streams open but send nothing (a buffering proxy)
+        self.history_lists_unfinished = False  # real FAL may list a request only once it has ended
+        self.store_payloads = True  # the account keeps request inputs (X-Fal-Store-IO)
 
         self._lock = threading.RLock()
         self._files: dict[str, StoredFile] = {}  # file id -> file
@@ -497,6 +507,7 @@ class FakeFal:
         self._server: _Server | None = None
         self._port: int | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()  # wakes hanging handlers when the fake stops
         self.reset()
 
     # ---- lifecycle -------------------------------------------------------
@@ -521,6 +532,7 @@ class FakeFal:
         server, self._server = self._server, None
         if server is None:
             return
+        self._stopping.set()
         server.shutdown()
         server.server_close()
         with self._lock:
@@ -550,6 +562,11 @@ class FakeFal:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def platform_url(self) -> str:
+        """What FAL_API_URL points at (FAL's is https://api.fal.ai/v1)."""
+        return self.base_url + "/v1"
+
     # ---- knobs and counters ----------------------------------------------
 
     def reset(self) -> None:
@@ -563,7 +580,10 @@ class FakeFal:
             self.requests_log: list[tuple[str, str]] = []
             self.cancelled: list[str] = []
             self.cancel_calls: list[str] = []
+            self.history_calls = 0
             self._failures = []
+            self._lost_answers: list[list[Any]] = []  # [mode, times left or None, hang seconds]
+            self._hangs: list[list[Any]] = []  # [on, times left or None, seconds]
 
     def set_latency(self, queue_seconds: float, run_seconds: float) -> None:
         """Change latency for requests submitted from now on."""
@@ -593,6 +613,43 @@ class FakeFal:
     def clear_failures(self) -> None:
         with self._lock:
             self._failures = []
+            self._lost_answers = []
+            self._hangs = []
+
+    def lose_submit_answers(self, mode: str, *, times: int | None = None, hang_seconds: float = 70.0) -> None:
+        """Accept the next ``times`` submits (they are queued and counted, as FAL bills them),
+        then lose the answer: ``drop`` cuts the connection, ``500`` answers a gateway error,
+        ``hang`` says nothing for ``hang_seconds``."""
+        if mode not in LOST_ANSWER_MODES:
+            raise ValueError(f"mode must be one of {LOST_ANSWER_MODES}")
+        with self._lock:
+            self._lost_answers.append([mode, times, hang_seconds])
+
+    def hang(self, on: str, *, seconds: float = 120.0, times: int | None = None) -> None:
+        """The next ``times`` calls of kind ``on`` say nothing for ``seconds`` (then answer)."""
+        if on not in HANG_POINTS:
+            raise ValueError(f"on must be one of {HANG_POINTS}")
+        with self._lock:
+            self._hangs.append([on, times, seconds])
+
+    def _take(self, armed: list[list[Any]], match: Callable[[list[Any]], bool]) -> list[Any] | None:
+        with self._lock:
+            for entry in armed:
+                if match(entry) and entry[1] != 0:
+                    if entry[1] is not None:
+                        entry[1] -= 1
+                    return entry
+        return None
+
+    def _maybe_hang(self, on: str) -> None:
+        entry = self._take(self._hangs, lambda e: e[0] == on)
+        if entry is not None:
+            self._stopping.wait(entry[2])
+
+    @property
+    def requests(self) -> list[QueuedRequest]:
+        with self._lock:
+            return list(self._requests.values())
 
     def file_bytes(self, url: str) -> bytes | None:
         """Bytes of a file this fake stores, by its URL (or None)."""
@@ -690,8 +747,10 @@ class FakeFal:
         body = h.rfile.read(length) if length else b""
         reply = _Reply(h)
         try:
-            if path.startswith(("/queue/", "/run/", "/rest/")) and not _has_key_auth(h):
+            if path.startswith(("/queue/", "/run/", "/rest/", "/v1/")) and not _has_key_auth(h):
                 return reply.error(401)
+            if path == "/v1/models/requests/by-endpoint" and method == "GET":
+                return self._handle_history(reply, query)
             if path.startswith("/queue/"):
                 return self._handle_queue(reply, method, path[len("/queue/"):], query, body)
             if path.startswith("/run/") and method == "POST":
@@ -761,6 +820,7 @@ class FakeFal:
             return reply.error(404, "Not Found", request_id=request_id)
         if self._inject(reply, action, app=req.app, request_id=request_id):
             return None
+        self._maybe_hang(action)
         now = time.monotonic()
         if action == "stream":
             return self._stream_status(reply, req, query)
@@ -798,9 +858,55 @@ class FakeFal:
         with self._lock:
             self._requests[req.request_id] = req
         self._record_submit(app, arguments, req.request_id, via="queue")
+        lost = self._take(self._lost_answers, lambda e: True)
+        if lost is not None:
+            return self._lose_answer(reply, lost[0], lost[2])
         reply.json(200, {"request_id": req.request_id, **self._queue_urls(req),
                          "status": "IN_QUEUE", "queue_position": 0},
                    request_id=req.request_id)
+
+    def _lose_answer(self, reply: "_Reply", mode: str, hang_seconds: float) -> None:
+        """The submit is accepted (and would be billed); its answer never arrives intact."""
+        if mode == "500":
+            return reply.error(500, "Internal server error")
+        if mode == "hang":
+            self._stopping.wait(hang_seconds)
+        reply.drop()
+
+    def _handle_history(self, reply: "_Reply", query: dict[str, list[str]]) -> None:
+        """FAL's Platform API: requests of one endpoint, newest first, with their inputs."""
+        with self._lock:
+            self.history_calls += 1
+        if self._inject(reply, "history"):
+            return None
+        self._maybe_hang("history")
+        endpoint = (query.get("endpoint_id") or [""])[0]
+        start = (query.get("start") or [""])[0]
+        since = datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp() if start else time.time() - 86400
+        limit = min(100, int((query.get("limit") or ["50"])[0]))
+        offset = int(base64.b64decode((query.get("cursor") or ["MA=="])[0]).decode())
+        now = time.monotonic()
+        entries = []
+        for req in self.requests:
+            phase = req.phase(now)
+            ended = phase in ("done", "cancelled")
+            if req.app != endpoint or req.sent_wall < since or (not ended and not self.history_lists_unfinished):
+                continue
+            entry: dict[str, Any] = {
+                "request_id": req.request_id, "endpoint_id": req.app,
+                "sent_at": _iso(req.sent_wall), "started_at": _iso(req.sent_wall + req.queue_seconds),
+                "ended_at": _iso(req.sent_wall + req.queue_seconds + req.run_seconds) if ended else None,
+                "status_code": 200 if ended else None, "duration": req.run_seconds if ended else None,
+            }
+            if self.store_payloads:
+                entry["json_input"] = req.arguments
+                entry["json_output"] = req.output if phase == "done" else None
+            entries.append(entry)
+        entries.sort(key=lambda e: e["sent_at"], reverse=True)
+        page = entries[offset: offset + limit]
+        more = offset + limit < len(entries)
+        reply.json(200, {"items": page, "has_more": more,
+                         "next_cursor": base64.b64encode(str(offset + limit).encode()).decode() if more else None})
 
     def _status_payload(self, req: QueuedRequest, now: float, with_logs: bool) -> dict[str, Any]:
         phase = req.phase(now)
@@ -973,6 +1079,15 @@ class _Reply:
         h.end_headers()
         h.close_connection = True
 
+    def drop(self) -> None:
+        """Cut the connection without an answer."""
+        h = self._h
+        h.close_connection = True
+        try:
+            h.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def event(self, data: Any) -> bool:
         """One server-sent event; False once the client has gone."""
         try:
@@ -1010,6 +1125,10 @@ class _Reply:
         if code == 422:
             headers["x-fal-retryable"] = "false"
         self.json(code, {"detail": detail}, request_id=request_id, headers=headers)
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _wants_logs(query: dict[str, list[str]]) -> bool:

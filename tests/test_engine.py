@@ -137,12 +137,15 @@ def test_fal_client_errors_fail_the_item_without_retry(runtime_factory, fake_fal
 
 
 def test_busy_fal_is_retried_then_succeeds(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
-    fake_fal.fail(429, on="submit", times=4)  # more than fal-client's own retries in the tests
-    runtime = runtime_factory()
+    fake_fal.fail(429, on="submit", times=3)  # refused (not paid): our retries, one POST each
+    runtime = runtime_factory(fal_retries=3)
     job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
     done = wait_done(runtime.service, job.id)
     assert done.state == JobState.SUCCEEDED, done.items[0].error
     assert len(fake_fal.submits) == 1
+    submit_posts = [r for r in fake_fal.requests_log if r[0] == "POST" and r[1].startswith("/queue/")]
+    assert len(submit_posts) == 4, "each try must be exactly one POST: no hidden retries of a paid call"
+    assert len([u for u in fake_fal.uploads]) == 1, "the input is uploaded once and its URL reused"
 
 
 def test_server_errors_after_submit_resume_the_same_request(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
@@ -255,15 +258,6 @@ def test_cleanup_removes_old_jobs_and_their_files(runtime_factory, fake_fal, tmp
     wait_done(runtime.service, fresh.id)
     assert fresh.id not in runtime.runner.cleanup()
     assert runtime.files.job_dir(fresh.id).is_dir()
-
-
-def test_cleanup_is_registered_as_a_periodic_task(runtime_factory) -> None:  # noqa: ANN001
-    runtime = runtime_factory(start_consumer=False)
-    at_quarter_hour = datetime.datetime(2026, 1, 1, 12, 15)
-    names = {task.name for task in runtime.huey.read_periodic(at_quarter_hour)}
-    assert {"image2model.reap", "image2model.cleanup"} <= names
-    at_other_minute = datetime.datetime(2026, 1, 1, 12, 16)
-    assert {task.name for task in runtime.huey.read_periodic(at_other_minute)} == {"image2model.reap"}
 
 
 def test_offline_model_runs_without_a_fal_key(runtime_factory, tmp_path) -> None:  # noqa: ANN001

@@ -76,6 +76,9 @@ class Item:
     attempts: int = 0  # how many times a worker has taken this item
     worker: str | None = None
     request_id: str | None = None  # FAL's request id, stored before waiting on it
+    # What we know of a paid submit before (or instead of) its request id: the uploaded input
+    # URLs, when the submit was sent (the intent), and plain notes of what happened to it.
+    fal_submit: dict[str, Any] = field(default_factory=dict)
     files: list[ResultFile] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     error: ItemError | None = None

@@ -1,8 +1,10 @@
 """The distributed job store: Redis hashes, with pub/sub for change events.
 
 Keys (all under `i2m:`): `job:<id>` (meta JSON + version), `items:<id>` (index -> item JSON),
-`running` (a set of "<id>|<index>" for the reaper), `created` (a sorted set for cleanup),
-`durations`, `reservations`. Item updates run as one Lua script, so the compare-and-set,
+`running` and `queued` (sets of "<id>|<index>" for the reaper), `created` (a sorted set for
+cleanup), `workers` (a sorted set of live worker processes by expiry), `durations`,
+`reservations`. Every client has socket timeouts, and a Redis that is down or hanging
+surfaces as `StoreUnavailable`. Item updates run as one Lua script, so the compare-and-set,
 the version bump and the change event are a single atomic step.
 """
 
@@ -19,12 +21,45 @@ from typing import Any
 import redis
 
 from image2model.jobs.model import Item, ItemState, Job
-from image2model.jobs.store import DELETED_VERSION, JobStore, blend_duration, jsonable
+from image2model.jobs.store import DELETED_VERSION, JobStore, StoreUnavailable, blend_duration, jsonable
 
 log = logging.getLogger(__name__)
 
 PREFIX = "i2m:"
 CHANNEL = PREFIX + "changes"
+RUNNING = PREFIX + "running"
+QUEUED = PREFIX + "queued"
+WORKERS = PREFIX + "workers"
+WORKER_INFO = PREFIX + "worker-info"
+
+# A Redis that hangs must not hang a request or a worker: every call gives up after this.
+SOCKET_TIMEOUT_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 3.0
+OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
+
+
+def redis_client(url: str, **options: Any) -> redis.Redis:
+    """The one way this app connects to Redis: bounded waits everywhere."""
+    return redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
+                                socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                                health_check_interval=30, **options)
+
+
+def _outages_as_unavailable(cls: type) -> type:
+    """Every public method of the store turns a Redis outage into StoreUnavailable."""
+    for name, method in list(vars(cls).items()):
+        if name.startswith("_") or not callable(method) or name in ("close", "ping"):
+            continue
+
+        def wrapped(self, *args, __method=method, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            try:
+                return __method(self, *args, **kwargs)
+            except OUTAGE_ERRORS as exc:
+                raise StoreUnavailable(f"Redis is not reachable: {exc}") from exc
+
+        wrapped.__name__, wrapped.__doc__ = method.__name__, method.__doc__
+        setattr(cls, name, wrapped)
+    return cls
 
 UPDATE_ITEM = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
@@ -38,6 +73,10 @@ if ARGV[3] ~= '' then
   if not ok then return false end
 end
 if ARGV[4] ~= '' and item.worker ~= ARGV[4] then return false end
+if ARGV[8] == '1' then
+  local meta = redis.call('HGET', KEYS[2], 'meta')
+  if not meta or cjson.decode(meta).cancel_requested then return false end
+end
 for k, v in pairs(cjson.decode(ARGV[2])) do item[k] = v end
 local out = cjson.encode(item)
 redis.call('HSET', KEYS[1], ARGV[1], out)
@@ -46,6 +85,11 @@ if item.state == 'running' then
   redis.call('SADD', KEYS[3], member)
 else
   redis.call('SREM', KEYS[3], member)
+end
+if item.state == 'queued' then
+  redis.call('SADD', KEYS[4], member)
+else
+  redis.call('SREM', KEYS[4], member)
 end
 if ARGV[6] == '1' then
   local v = redis.call('HINCRBY', KEYS[2], 'version', 1)
@@ -67,11 +111,12 @@ return 1
 """
 
 
+@_outages_as_unavailable
 class RedisJobStore(JobStore):
     def __init__(self, url: str, retention_seconds: float):
         super().__init__(retention_seconds)
         self.url = url
-        self.redis = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        self.redis = redis_client(url, decode_responses=True)
         self._update_item = self.redis.register_script(UPDATE_ITEM)
         self._reserve = self.redis.register_script(RESERVE)
         self._closed = threading.Event()
@@ -102,6 +147,9 @@ class RedisJobStore(JobStore):
         pipe.expire(self._job_key(job.id), self._ttl)
         pipe.expire(self._items_key(job.id), self._ttl)
         pipe.zadd(PREFIX + "created", {job.id: job.created_at})
+        queued = [f"{job.id}|{i.index}" for i in job.items if i.state == ItemState.QUEUED]
+        if queued:
+            pipe.sadd(QUEUED, *queued)
         pipe.publish(CHANNEL, f"{job.id} {job.version}")
         pipe.execute()
 
@@ -128,11 +176,13 @@ class RedisJobStore(JobStore):
         expect_state: Iterable[ItemState] | None,
         expect_worker: str | None,
         bump: bool,
+        unless_cancelled: bool = False,
     ) -> str | None:
         states = json.dumps([str(s) for s in expect_state]) if expect_state is not None else ""
         return self._update_item(
-            keys=[self._items_key(job_id), self._job_key(job_id), PREFIX + "running"],
-            args=[str(index), json.dumps(jsonable(patch)), states, expect_worker or "", job_id, "1" if bump else "0", CHANNEL],
+            keys=[self._items_key(job_id), self._job_key(job_id), RUNNING, QUEUED],
+            args=[str(index), json.dumps(jsonable(patch)), states, expect_worker or "", job_id,
+                  "1" if bump else "0", CHANNEL, "1" if unless_cancelled else "0"],
         )
 
     def update_item(
@@ -143,8 +193,10 @@ class RedisJobStore(JobStore):
         *,
         expect_state: Iterable[ItemState] | None = None,
         expect_worker: str | None = None,
+        unless_cancelled: bool = False,
     ) -> Item | None:
-        raw = self._run_update(job_id, index, patch, expect_state, expect_worker, bump=True)
+        raw = self._run_update(job_id, index, patch, expect_state, expect_worker, bump=True,
+                               unless_cancelled=unless_cancelled)
         return Item.from_dict(json.loads(raw)) if raw else None
 
     def touch(self, job_id: str, index: int, worker: str, now: float) -> bool:
@@ -183,23 +235,50 @@ class RedisJobStore(JobStore):
         pipe.delete(self._job_key(job_id), self._items_key(job_id))
         pipe.zrem(PREFIX + "created", job_id)
         if items:
-            pipe.srem(PREFIX + "running", *[f"{job_id}|{i}" for i in items])
+            members = [f"{job_id}|{i}" for i in items]
+            pipe.srem(RUNNING, *members)
+            pipe.srem(QUEUED, *members)
         pipe.publish(CHANNEL, f"{job_id} {DELETED_VERSION}")
         pipe.execute()
 
     # --- housekeeping ---------------------------------------------------------------------
     def running_items(self) -> list[tuple[str, Item]]:
+        return self._items_in(RUNNING, ItemState.RUNNING)
+
+    def queued_items(self) -> list[tuple[str, Item]]:
+        return self._items_in(QUEUED, ItemState.QUEUED)
+
+    def _items_in(self, index_key: str, state: ItemState) -> list[tuple[str, Item]]:
         found: list[tuple[str, Item]] = []
-        for member in self.redis.smembers(PREFIX + "running"):
+        for member in self.redis.smembers(index_key):
             job_id, index = member.rsplit("|", 1)
             raw = self.redis.hget(self._items_key(job_id), index)
             if raw is None:
-                self.redis.srem(PREFIX + "running", member)  # the job expired
+                self.redis.srem(index_key, member)  # the job expired
                 continue
             item = Item.from_dict(json.loads(raw))
-            if item.state == ItemState.RUNNING:
+            if item.state == state:
                 found.append((job_id, item))
         return found
+
+    def mark_alive(self, process: str, now: float, ttl: float, info: dict[str, Any]) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(WORKERS, {process: now + ttl})
+        pipe.hset(WORKER_INFO, process, json.dumps(info))
+        pipe.execute()
+
+    def alive_processes(self, now: float) -> dict[str, dict[str, Any]]:
+        gone = self.redis.zrangebyscore(WORKERS, "-inf", now - 3600)
+        if gone:
+            self.redis.zrem(WORKERS, *gone)
+            self.redis.hdel(WORKER_INFO, *gone)
+        alive = self.redis.zrangebyscore(WORKERS, now, "+inf")
+        infos = self.redis.hmget(WORKER_INFO, alive) if alive else []
+        return {p: json.loads(i) if i else {} for p, i in zip(alive, infos)}
+
+    def mark_gone(self, process: str) -> None:
+        self.redis.zrem(WORKERS, process)
+        self.redis.hdel(WORKER_INFO, process)
 
     def job_ids_created_before(self, timestamp: float) -> list[str]:
         return list(self.redis.zrangebyscore(PREFIX + "created", "-inf", timestamp))
@@ -233,10 +312,14 @@ class RedisJobStore(JobStore):
         )
         return bool(allowed)
 
+    def images_reserved(self, window_seconds: float, now: float) -> int:
+        members = self.redis.zrangebyscore(PREFIX + "reservations", now - window_seconds, "+inf")
+        return sum(int(m.rsplit(":", 1)[1]) for m in members)
+
     def ping(self) -> bool:
         try:
             return bool(self.redis.ping())
-        except redis.RedisError:
+        except (redis.RedisError, OSError):
             return False
 
     def close(self) -> None:
@@ -266,7 +349,7 @@ class RedisJobStore(JobStore):
                     if message and message.get("type") == "message":
                         job_id, _, version = message["data"].partition(" ")
                         self.changes.notify(job_id, int(version))
-            except (redis.RedisError, OSError, ValueError) as exc:
+            except (redis.RedisError, OSError, ValueError, StoreUnavailable) as exc:
                 if self._closed.is_set():
                     return
                 log.warning("change listener lost Redis, reconnecting: %s", exc)

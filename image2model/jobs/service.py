@@ -280,6 +280,7 @@ def item_status(job_id: str, item: Item) -> dict[str, Any]:
         "elapsed": round(item.elapsed, 2) if item.elapsed is not None else None,
         "attempts": item.attempts,
         "fal_request_id": item.request_id,
+        "notes": [event["text"] for event in item.fal_submit.get("events") or []],
         "files": [
             {"name": f.name, "kind": f.kind, "size": f.size, "content_type": f.content_type,
              "url": file_url(job_id, f.name)}

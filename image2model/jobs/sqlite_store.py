@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_state ON items(state);
 CREATE TABLE IF NOT EXISTS durations (model TEXT PRIMARY KEY, seconds REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS reservations (id TEXT PRIMARY KEY, at REAL NOT NULL, images INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, until REAL NOT NULL, info TEXT NOT NULL);
 """
 
 WATCH_INTERVAL = 0.02  # only while someone waits; one cheap PRAGMA query per tick
@@ -141,11 +142,16 @@ class SqliteJobStore(JobStore):
         *,
         expect_state: Iterable[ItemState] | None = None,
         expect_worker: str | None = None,
+        unless_cancelled: bool = False,
     ) -> Item | None:
         def update(conn: sqlite3.Connection) -> tuple[Item, int] | None:
             row = conn.execute("SELECT data FROM items WHERE job_id = ? AND idx = ?", (job_id, index)).fetchone()
             if row is None:
                 return None
+            if unless_cancelled:
+                job = conn.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if job is None or json.loads(job[0]).get("cancel_requested"):
+                    return None
             updated = patch_item(json.loads(row[0]), patch, expect_state, expect_worker)
             if updated is None:
                 return None
@@ -217,6 +223,25 @@ class SqliteJobStore(JobStore):
         rows = self._conn.execute("SELECT job_id, data FROM items WHERE state = ?", ("running",)).fetchall()
         return [(job_id, Item.from_dict(json.loads(data))) for job_id, data in rows]
 
+    def queued_items(self) -> list[tuple[str, Item]]:
+        rows = self._conn.execute("SELECT job_id, data FROM items WHERE state = ?", ("queued",)).fetchall()
+        return [(job_id, Item.from_dict(json.loads(data))) for job_id, data in rows]
+
+    def mark_alive(self, process: str, now: float, ttl: float, info: dict[str, Any]) -> None:
+        def upsert(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM workers WHERE until < ?", (now - 3600,))
+            conn.execute("INSERT OR REPLACE INTO workers (id, until, info) VALUES (?, ?, ?)",
+                         (process, now + ttl, json.dumps(info)))
+
+        self._write(upsert)
+
+    def alive_processes(self, now: float) -> dict[str, dict[str, Any]]:
+        rows = self._conn.execute("SELECT id, info FROM workers WHERE until >= ?", (now,)).fetchall()
+        return {process: json.loads(info) for process, info in rows}
+
+    def mark_gone(self, process: str) -> None:
+        self._write(lambda conn: conn.execute("DELETE FROM workers WHERE id = ?", (process,)))
+
     def job_ids_created_before(self, timestamp: float) -> list[str]:
         rows = self._conn.execute("SELECT id FROM jobs WHERE created_at < ?", (timestamp,)).fetchall()
         return [r[0] for r in rows]
@@ -246,6 +271,11 @@ class SqliteJobStore(JobStore):
             return True
 
         return bool(self._write(reserve))
+
+    def images_reserved(self, window_seconds: float, now: float) -> int:
+        row = self._conn.execute("SELECT COALESCE(SUM(images), 0) FROM reservations WHERE at >= ?",
+                                 (now - window_seconds,)).fetchone()
+        return int(row[0])
 
     def ping(self) -> bool:
         try:

@@ -31,6 +31,11 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+class StoreUnavailable(Exception):
+    """The job store cannot be reached (Redis down or hanging, disk gone): callers wait and
+    try again, or answer 503, instead of treating it as a bug."""
+
+
 def patch_item(
     current: dict[str, Any],
     patch: dict[str, Any],
@@ -73,8 +78,11 @@ class JobStore(ABC):
         *,
         expect_state: Iterable[ItemState] | None = None,
         expect_worker: str | None = None,
+        unless_cancelled: bool = False,
     ) -> Item | None:
-        """Patch one item atomically; None when the job is gone or a condition failed."""
+        """Patch one item atomically; None when the job is gone or a condition failed
+        (`unless_cancelled`: also when the job was cancelled, checked in the same step, so a
+        success cannot slip past a cancel)."""
 
     @abstractmethod
     def touch(self, job_id: str, index: int, worker: str, now: float) -> bool:
@@ -96,6 +104,23 @@ class JobStore(ABC):
     def running_items(self) -> list[tuple[str, Item]]: ...
 
     @abstractmethod
+    def queued_items(self) -> list[tuple[str, Item]]:
+        """Items waiting for a worker; the reaper checks each has a queue task."""
+
+    # --- worker processes' liveness ------------------------------------------------------
+    @abstractmethod
+    def mark_alive(self, process: str, now: float, ttl: float, info: dict[str, Any]) -> None:
+        """Say this worker process is alive until now + ttl."""
+
+    @abstractmethod
+    def alive_processes(self, now: float) -> dict[str, dict[str, Any]]:
+        """The worker processes alive at `now`, with the info each gave."""
+
+    @abstractmethod
+    def mark_gone(self, process: str) -> None:
+        """A process that stops cleanly says so, so nobody waits for its liveness to expire."""
+
+    @abstractmethod
     def job_ids_created_before(self, timestamp: float) -> list[str]: ...
 
     @abstractmethod
@@ -113,6 +138,10 @@ class JobStore(ABC):
     def reserve_images(self, count: int, limit: int, window_seconds: float, now: float) -> bool:
         """Atomically count `count` images against a rolling window; False (and nothing
         counted) when that would pass `limit`."""
+
+    @abstractmethod
+    def images_reserved(self, window_seconds: float, now: float) -> int:
+        """How many images the rolling window holds now."""
 
     @abstractmethod
     def ping(self) -> bool: ...

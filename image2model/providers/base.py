@@ -40,12 +40,16 @@ class ItemRun(Protocol):
     model_target: Path  # where the model file must be written (atomically)
     preview_target: Path  # where a preview image may be written
     request_id: str | None  # a remote request already accepted for this item (resume it)
+    submit_record: dict[str, Any]  # what is known of a paid submit before its id (see reconcile.py)
     max_result_bytes: int
     poll_seconds: float
 
     def progress(self, percent: float, message: str) -> None: ...
 
     def remember_request(self, request_id: str) -> None: ...
+
+    def remember_submit(self, record: dict[str, Any]) -> None:
+        """Store the submit record durably before going on (it protects money)."""
 
     def check_stop(self) -> None:
         """Raise ItemCancelled or ItemFailed('deadline_exceeded') when the item must stop."""

@@ -1,8 +1,14 @@
 """Run an item on a hosted FAL.AI model through fal-client's queue API.
 
-The order matters for money: upload, submit, and store the request id *before* waiting, so a
-retry or a restarted worker resumes the same paid request instead of submitting again.
-Errors are classified by HTTP status, never by message text.
+The order matters for money: upload and store the input URLs, store the intent to submit,
+submit once (never retried blindly: FAL bills on accepting it), and store the request id
+*before* waiting, so a retry or a restarted worker resumes the same paid request. A submit
+whose answer was lost (a crash, a dropped connection, a gateway 500, no answer at all) is
+looked up in FAL's request history by its input URLs (`reconcile.py`) before anything is sent
+again. Errors are classified by HTTP status, never by message text.
+
+Every call waits a bounded time (`fal_call_timeout_seconds`), so a hung FAL never holds an
+item past a cancel or its deadline.
 
 Waiting follows FAL's status stream (server-sent events), which reports completion the moment
 it happens; where the stream is unavailable or breaks, polling takes over.
@@ -22,15 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import fal_client
+import fal_client.client as fal_internals
 import httpx
 from fal_client.auth import MissingCredentialsError
 
 from image2model.media.images import prepare_image
 from image2model.providers.base import ItemCancelled, ItemFailed, ItemRun, ProviderOutput
+from image2model.providers.reconcile import RequestHistory, SubmitLedger
 
 log = logging.getLogger(__name__)
 
 FAST_POLL_SECONDS = 0.1  # fal-client's own polling interval
+DOWNLOAD_TIMEOUT_SECONDS = 20.0  # a CDN that sends nothing for this long is given up on
 STREAM_QUIET_SECONDS = 1.0  # a status stream silent this long is reopened (after a stop check)
 PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)\s*%")
 DOWNLOAD_CHUNK = 1024 * 256
@@ -187,21 +196,38 @@ _CDN_LOCK = threading.Lock()
 
 
 class FalProvider:
-    """One fal-client and one download client per process, shared by all worker threads
+    """One fal-client and one plain HTTP client per process, shared by all worker threads
     (httpx clients are thread-safe and keep their connections alive)."""
 
-    def __init__(self, key: str, fal_max_side: int, http_timeout: float = 60.0):
+    def __init__(self, key: str, fal_max_side: int, *, api_url: str = "https://api.fal.ai/v1",
+                 call_timeout: float = 5.0, submit_timeout: float = 30.0, reconcile_seconds: float = 300.0,
+                 uncertain_submit: str = "fail", upload_timeout: float = 60.0):
         self.key = key
         self.fal_max_side = fal_max_side
-        self.http_timeout = http_timeout
+        self.call_timeout = call_timeout
+        self.submit_timeout = submit_timeout
+        self.upload_timeout = upload_timeout
+        self.reconcile_seconds = reconcile_seconds
+        self.uncertain_submit = uncertain_submit
+        self.api_url = api_url
         self._lock = threading.Lock()
         self._fal: fal_client.SyncClient | None = None
         self._plain: httpx.Client | None = None
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> FalProvider:
+        return cls(settings.fal_key, settings.fal_max_side, api_url=settings.fal_api_url,
+                   call_timeout=settings.fal_call_timeout_seconds,
+                   submit_timeout=settings.fal_submit_timeout_seconds,
+                   reconcile_seconds=settings.fal_reconcile_seconds,
+                   uncertain_submit=settings.fal_uncertain_submit)
+
     def _client(self) -> fal_client.SyncClient:
+        """fal-client, for uploads (which cost nothing, so its own retries are welcome) and
+        request handles."""
         with self._lock:
             if self._fal is None:
-                self._fal = PooledSyncClient(key=self.key, default_timeout=self.http_timeout)
+                self._fal = PooledSyncClient(key=self.key, default_timeout=self.upload_timeout)
             return self._fal
 
     @property
@@ -209,10 +235,10 @@ class FalProvider:
         return {"Authorization": f"Key {self.key}"}
 
     def _http(self) -> httpx.Client:
-        """Plain HTTP for downloads and status streams (fal-client has no stream call)."""
+        """Plain HTTP, one try per call, for everything that is not an upload."""
         with self._lock:
             if self._plain is None:
-                self._plain = httpx.Client(follow_redirects=True, timeout=self.http_timeout)
+                self._plain = httpx.Client(follow_redirects=True, timeout=self.call_timeout)
             return self._plain
 
     def run(self, item: ItemRun) -> ProviderOutput:
@@ -234,24 +260,93 @@ class FalProvider:
 
     def _run(self, client: fal_client.SyncClient, item: ItemRun) -> ProviderOutput:
         spec = item.spec
+        ledger = SubmitLedger(item)
         request_id = item.request_id
+        if request_id is None and ledger.intent_at is not None:
+            # a submit went out before and its answer never reached the store
+            request_id = self._reconcile(item, ledger, "The app stopped while sending this photo to FAL")
         if request_id is None:
-            urls = self._upload_inputs(client, item)
+            urls = ledger.input_urls
+            if not urls:
+                urls = self._upload_inputs(client, item)
+                ledger.save_inputs(urls)
             item.check_stop()
-            handle = client.submit(spec.id, spec.fal_arguments(urls, item.params, item.mode))
-            request_id = handle.request_id
-            item.remember_request(request_id)
-            log.info("fal submitted", extra={"job_id": item.job_id, "item": item.index, "request_id": request_id})
+            request_id = self._submit_once(item, ledger, spec.fal_arguments(urls, item.params, item.mode))
         else:
             item.progress(5, "Resuming the FAL request")
             log.info("fal resumed", extra={"job_id": item.job_id, "item": item.index, "request_id": request_id})
         handle = client.get_handle(spec.id, request_id)
-        run_seconds = self._wait(client, item, handle)
+        run_seconds = self._wait(item, handle)
         item.progress(90, "Downloading the model")
         result = self._fetch_result(handle.response_url)
         self._download_model(result, item)
         has_preview = self._download_preview(result, item)
         return ProviderOutput(has_preview=has_preview, run_seconds=run_seconds)
+
+    def _submit_once(self, item: ItemRun, ledger: SubmitLedger, arguments: dict[str, Any]) -> str:
+        """POST the submit exactly once. fal-client's submit would retry it by itself (up to
+        10 times on a timeout or a dropped connection), and each try that FAL accepted is paid."""
+        ledger.save_intent()
+        url = fal_internals.QUEUE_URL_FORMAT + item.spec.id  # pinned fal-client: see test_fal_internals
+        ctx = {"job_id": item.job_id, "item": item.index}
+        try:
+            response = self._http().post(url, json=arguments, headers=self._auth,
+                                         timeout=httpx.Timeout(self.submit_timeout, connect=self.call_timeout))
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached FAL: nothing was paid
+            ledger.clear_intent()
+            raise ItemFailed("fal_unavailable", f"Could not reach FAL: {exc}", retryable=True) from exc
+        except httpx.HTTPError as exc:  # sent, and the answer is lost
+            log.warning("fal submit answer lost: %s", exc, extra=ctx)
+            return self._after_lost_answer(item, ledger, f"FAL's answer to this photo was lost ({type(exc).__name__})")
+        if response.status_code == 408 or response.status_code >= 500:
+            log.warning("fal submit answered HTTP %d", response.status_code, extra=ctx)
+            return self._after_lost_answer(item, ledger, f"FAL answered HTTP {response.status_code} to this photo")
+        if response.status_code >= 400:  # refused: FAL did not take it
+            ledger.clear_intent()
+            raise classify_http_error(response.status_code, error_detail(response))
+        try:
+            request_id = str(response.json()["request_id"])
+        except (ValueError, KeyError, TypeError):
+            return self._after_lost_answer(item, ledger, "FAL's answer to this photo was unreadable")
+        item.remember_request(request_id)
+        ledger.note("sent to FAL")
+        log.info("fal submitted", extra={**ctx, "request_id": request_id})
+        return request_id
+
+    def _after_lost_answer(self, item: ItemRun, ledger: SubmitLedger, why: str) -> str:
+        request_id = self._reconcile(item, ledger, why)
+        if request_id is None:  # FAL proved it never got it: send it now
+            return self._submit_once(item, ledger, item.spec.fal_arguments(ledger.input_urls, item.params,
+                                                                              item.mode))
+        return request_id
+
+    def _reconcile(self, item: ItemRun, ledger: SubmitLedger, why: str) -> str | None:
+        """The request FAL accepted for this item, found by its inputs; None once FAL proves it
+        has none. When FAL cannot tell, FAL_UNCERTAIN_SUBMIT decides, and the item says so."""
+        history = RequestHistory(self._http(), self.api_url, self._auth, self.call_timeout)
+        item.progress(4, "Checking with FAL whether this photo arrived")
+        verdict = history.find(item, ledger, self.reconcile_seconds)
+        ctx = {"job_id": item.job_id, "item": item.index, "request_id": verdict.request_id}
+        if verdict.request_id:
+            item.remember_request(verdict.request_id)
+            ledger.note(f"{why}; found it in FAL's history and carried on with it (not paid twice)")
+            log.info("fal request adopted from history", extra=ctx)
+            return verdict.request_id
+        if verdict.absent:
+            ledger.clear_intent(f"{why}; FAL's history shows it never arrived, so it was sent again")
+            log.info("fal request not in history; resubmitting", extra=ctx)
+            return None
+        if self.uncertain_submit == "resubmit":
+            ledger.clear_intent(f"{why}; FAL's history could not tell ({verdict.reason}), so it was sent "
+                                "again as configured (it may be charged twice)")
+            log.warning("fal history undecided (%s); resubmitting as configured", verdict.reason, extra=ctx)
+            return None
+        ledger.note(f"{why}; FAL's history could not tell whether it arrived ({verdict.reason})")
+        log.warning("fal history undecided (%s); failing the item", verdict.reason, extra=ctx)
+        raise ItemFailed("fal_submit_uncertain",
+                         f"{why}, and FAL could not tell whether it arrived ({verdict.reason}); it may have "
+                         "been charged. It was not sent again, to avoid paying twice: check the FAL "
+                         "dashboard, then try this photo again.")
 
     def _upload_inputs(self, client: fal_client.SyncClient, item: ItemRun) -> list[str]:
         urls = []
@@ -262,21 +357,17 @@ class FalProvider:
             urls.append(client.upload_file(prepared))
         return urls
 
-    def _wait(self, client: fal_client.SyncClient, item: ItemRun, handle: fal_client.SyncRequestHandle) -> float:
-        """Wait until FAL completes; when the item must stop, tell FAL to stop too. Returns how
-        long the request took after submit (or resume), never more than it did."""
+    def _wait(self, item: ItemRun, handle: fal_client.SyncRequestHandle) -> float:
+        """Wait until FAL completes. Returns how long the request took after submit (or
+        resume), never more than it did. (A cancel or the deadline raises out of here; the
+        worker then tells FAL to stop.)"""
+        watch = StatusWatch(item, item.typical_seconds())
         try:
-            watch = StatusWatch(item, item.typical_seconds())
-            try:
-                return self._follow_stream(handle.status_url + "/stream", item, watch)
-            except StreamUnavailable as exc:
-                log.info("fal status stream unavailable, polling: %s", exc,
-                         extra={"job_id": item.job_id, "item": item.index, "request_id": handle.request_id})
-            return self._poll(handle, item, watch)
-        except (ItemCancelled, ItemFailed) as exc:
-            if isinstance(exc, ItemCancelled) or exc.code == "deadline_exceeded":
-                self._cancel(client, item, handle.request_id)
-            raise
+            return self._follow_stream(handle.status_url + "/stream", item, watch)
+        except StreamUnavailable as exc:
+            log.info("fal status stream unavailable, polling: %s", exc,
+                     extra={"job_id": item.job_id, "item": item.index, "request_id": handle.request_id})
+        return self._poll(handle, item, watch)
 
     def _follow_stream(self, url: str, item: ItemRun, watch: StatusWatch) -> float:
         """Follow the status stream until COMPLETED. FAL sends the current status as soon as a
@@ -284,7 +375,7 @@ class FalProvider:
         STREAM_QUIET_SECONDS is opened again, after a check for cancel and the deadline; one
         that ends early, answers anything but events, or says nothing three times running is
         unavailable."""
-        timeout = httpx.Timeout(self.http_timeout, read=STREAM_QUIET_SECONDS)
+        timeout = httpx.Timeout(self.call_timeout, read=STREAM_QUIET_SECONDS)
         headers = {**self._auth, "Accept": "text/event-stream"}
         silent = 0
         while True:
@@ -316,10 +407,23 @@ class FalProvider:
         while True:
             item.check_stop()
             asked = watch.elapsed()
-            status = handle.status(with_logs=True)
+            status = self._status(handle.status_url)
             if watch.saw(status, asked):
                 return watch.seen_unfinished
             item.sleep(poll_interval(item.poll_seconds, watch.elapsed(), watch.typical))
+
+    def _status(self, url: str) -> fal_client.Status:
+        """One status call, one try, bounded wait (fal-client's would retry a hang for minutes)."""
+        response = self._http().get(url, params={"logs": "1"}, headers=self._auth)
+        if response.status_code >= 400:
+            raise classify_http_error(response.status_code, error_detail(response))
+        try:
+            status = parse_status(response.text)
+        except (ValueError, TypeError) as exc:
+            raise ItemFailed("fal_unavailable", "FAL's status answer was unreadable.", retryable=True) from exc
+        if status is None:
+            raise ItemFailed("fal_unavailable", "FAL sent a status this app does not know.", retryable=True)
+        return status
 
     def _fetch_result(self, url: str) -> Any:
         """The model's output. (fal-client's result() would first ask for the status again,
@@ -351,14 +455,15 @@ class FalProvider:
 
     def _download(self, url: str, target: Path, item: ItemRun) -> None:
         cap = item.max_result_bytes
-        with self._http().stream("GET", url) as response:
+        timeout = httpx.Timeout(DOWNLOAD_TIMEOUT_SECONDS, connect=self.call_timeout)
+        with self._http().stream("GET", url, timeout=timeout) as response:
             response.raise_for_status()
             declared = int(response.headers.get("content-length") or 0)
             if declared > cap:
                 raise ItemFailed("result_too_large", f"The model file is {declared / 1e6:.0f} MB, over the "
                                  f"{cap / 1e6:.0f} MB limit.")
             try:
-                item.write_file(target, response.iter_bytes(DOWNLOAD_CHUNK), max_bytes=cap)
+                item.write_file(target, checked(response.iter_bytes(DOWNLOAD_CHUNK), item), max_bytes=cap)
             except Exception as exc:
                 if getattr(exc, "code", "") == "file_too_large":
                     raise ItemFailed("result_too_large", f"The model file is over the {cap / 1e6:.0f} MB "
@@ -366,15 +471,23 @@ class FalProvider:
                 raise
 
     def cancel(self, item: ItemRun) -> None:
-        if item.request_id:
-            self._cancel(self._client(), item, item.request_id)
-
-    def _cancel(self, client: fal_client.SyncClient, item: ItemRun, request_id: str) -> None:
+        """Tell FAL to stop the item's request: one bounded try (the item ends either way)."""
+        if not item.request_id:
+            return
+        ctx = {"job_id": item.job_id, "item": item.index, "request_id": item.request_id}
         try:
-            client.cancel(item.spec.id, request_id)
-            log.info("fal cancel sent", extra={"job_id": item.job_id, "item": item.index, "request_id": request_id})
-        except (fal_client.FalClientError, httpx.HTTPError) as exc:
-            log.warning("fal cancel failed: %s", exc, extra={"job_id": item.job_id, "request_id": request_id})
+            handle = self._client().get_handle(item.spec.id, item.request_id)
+            response = self._http().put(handle.cancel_url, headers=self._auth)
+            log.info("fal cancel sent: HTTP %d", response.status_code, extra=ctx)
+        except httpx.HTTPError as exc:
+            log.warning("fal cancel failed: %s", exc, extra=ctx)
+
+
+def checked(chunks: Iterable[bytes], item: ItemRun) -> Iterator[bytes]:
+    """A download that stops between chunks when the item must stop."""
+    for chunk in chunks:
+        item.check_stop()
+        yield chunk
 
 
 def poll_interval(base: float, elapsed: float, typical: float) -> float:

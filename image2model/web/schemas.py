@@ -55,6 +55,9 @@ class ItemStatus(Strict):
     elapsed: float | None
     attempts: int
     fal_request_id: str | None
+    notes: list[str] = Field(default_factory=list, description="What happened to this photo's paid "
+                             "FAL request when an answer was lost or the app stopped: found again, "
+                             "sent again, or left unsent so as not to pay twice")
     files: list[FileLink]
     stats: dict[str, Any]
     error: ItemErrorInfo | None

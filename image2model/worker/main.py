@@ -15,3 +15,10 @@ setup_logging(get_settings().log_level)
 limit_malloc_arenas()
 runtime = get_runtime()
 huey = runtime.huey
+
+
+@huey.on_startup()
+def start_housekeeping() -> None:
+    """Runs in every worker as it starts: the first one of each process starts that process's
+    housekeeping (liveness, reaper, cleanup), so no consumer is special."""
+    runtime.start_housekeeping(runtime.settings.workers)

@@ -9,15 +9,23 @@ another process added.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 
+import redis
 from huey import Huey, RedisHuey, SqliteHuey
-from huey.storage import SqliteStorage
+from huey.storage import RedisStorage, SqliteStorage
 
 from image2model.config import Settings
+from image2model.jobs.redis_store import CONNECT_TIMEOUT_SECONDS, OUTAGE_ERRORS, SOCKET_TIMEOUT_SECONDS
+
+log = logging.getLogger(__name__)
 
 QUEUE_NAME = "image2model"
+RUN_ITEM_TASK = "image2model.run_item"
 IDLE_POLL_SECONDS = 1.0  # how soon a task enqueued by another process is noticed
+OUTAGE_PAUSE_SECONDS = 1.0  # a worker waits this long between tries while Redis is down
 
 
 class WakingSqliteStorage(SqliteStorage):
@@ -45,9 +53,52 @@ class WakingSqliteStorage(SqliteStorage):
         return super().dequeue()
 
 
+class PatientRedisStorage(RedisStorage):
+    """While Redis is down, every worker thread waits quietly and the consumer logs one line
+    per outage (huey itself logs a traceback per thread per try: 1,300 lines for a minute)."""
+
+    _outage_lock = threading.Lock()
+    _in_outage = False
+
+    def _quietly(self, call, empty):  # noqa: ANN001, ANN202
+        try:
+            result = call()
+        except OUTAGE_ERRORS as exc:
+            with self._outage_lock:
+                first, PatientRedisStorage._in_outage = not self._in_outage, True
+            if first:
+                log.warning("queue unreachable, waiting for Redis: %s", exc)
+            time.sleep(OUTAGE_PAUSE_SECONDS)
+            return empty
+        if self._in_outage:
+            with self._outage_lock:
+                back, PatientRedisStorage._in_outage = self._in_outage, False
+            if back:
+                log.info("queue reachable again")
+        return result
+
+    def dequeue(self):  # noqa: ANN201
+        return self._quietly(super().dequeue, None)
+
+    def read_schedule(self, ts):  # noqa: ANN001, ANN201
+        return self._quietly(lambda: super(PatientRedisStorage, self).read_schedule(ts), [])
+
+
 def make_huey(settings: Settings) -> Huey:
     if settings.use_redis:
-        return RedisHuey(QUEUE_NAME, url=settings.redis_url, utc=True)
+        pool = redis.ConnectionPool.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
+                                             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                                             health_check_interval=30)
+        return RedisHuey(QUEUE_NAME, connection_pool=pool, utc=True, storage_class=PatientRedisStorage)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return SqliteHuey(QUEUE_NAME, filename=str(settings.data_dir / "queue.db"), utc=True,
                       storage_class=WakingSqliteStorage)
+
+
+def pending_item_tasks(huey: Huey) -> set[tuple[str, int]]:
+    """(job id, item index) of every item task waiting in the queue."""
+    found = set()
+    for task in huey.pending():
+        if task.name == RUN_ITEM_TASK and len(task.args) == 2:
+            found.add((str(task.args[0]), int(task.args[1])))
+    return found

@@ -7,12 +7,9 @@ same in the embedded consumer, a `huey_consumer` on another machine, or a test.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,16 +18,20 @@ from typing import Any, Callable
 from image2model.config import Settings
 from image2model.errors import AppError
 from image2model.jobs.model import Item, ItemError, ItemState, Job, ResultFile
-from image2model.jobs.store import JobStore
+from image2model.jobs.store import JobStore, StoreUnavailable
 from image2model.media.meshes import mesh_stats
 from image2model.providers.base import ItemCancelled, ItemFailed, Provider
 from image2model.providers.catalog import ModelSpec, catalog
 from image2model.storage import FileStore
+from image2model.worker.liveness import known_dead, owner_process, worker_name
 
 log = logging.getLogger(__name__)
 
 CANCEL_CHECK_SECONDS = 0.5
 PROGRESS_WRITE_SECONDS = 0.5  # at most two progress writes a second per item
+STORE_RETRY_SECONDS = 0.5  # how often a write that must land is tried while the store is down
+FINISH_PATIENCE_SECONDS = 300.0  # a result waits this long for the store before the reaper's turn
+ORPHAN_GRACE_SECONDS = 5.0  # a queued item this old with no queue task is queued again
 
 
 class OwnershipLost(Exception):
@@ -55,6 +56,7 @@ class LiveItemRun:
     job: Job
     deadline: float
     request_id: str | None
+    submit_record: dict[str, Any] = field(default_factory=dict)
     inputs: list[Path] = field(default_factory=list)
     work_dir: Path = Path()
     model_target: Path = Path()
@@ -88,12 +90,27 @@ class LiveItemRun:
 
     def remember_request(self, request_id: str) -> None:
         self.request_id = request_id
-        self._write({"request_id": request_id})
+        self._write({"request_id": request_id}, must_land=True)
 
-    def _write(self, patch: dict[str, Any]) -> None:
-        updated = self.store.update_item(
-            self.job_id, self.index, patch, expect_state=[ItemState.RUNNING], expect_worker=self.worker
-        )
+    def remember_submit(self, record: dict[str, Any]) -> None:
+        self.submit_record = dict(record)
+        self._write({"fal_submit": self.submit_record}, must_land=True)
+
+    def _write(self, patch: dict[str, Any], must_land: bool = False) -> None:
+        """Progress is best effort while the store is down; what protects money (`must_land`)
+        is tried until the store answers, or the item must stop."""
+        while True:
+            try:
+                updated = self.store.update_item(
+                    self.job_id, self.index, patch, expect_state=[ItemState.RUNNING], expect_worker=self.worker
+                )
+                break
+            except StoreUnavailable:
+                if not must_land:
+                    return
+                if self.stopping.is_set() or time.time() > self.deadline:
+                    raise
+                time.sleep(STORE_RETRY_SECONDS)
         if updated is None:
             self.lost.set()
             raise OwnershipLost()
@@ -106,7 +123,10 @@ class LiveItemRun:
         now = time.monotonic()
         if now - self._cancel_checked_at >= CANCEL_CHECK_SECONDS:
             self._cancel_checked_at = now
-            self._cancelled = self.store.cancel_requested(self.job_id) is not False
+            try:
+                self._cancelled = self.store.cancel_requested(self.job_id) is not False
+            except StoreUnavailable:
+                pass  # the store is down: carry on, and ask again next time
         if self._cancelled:
             raise ItemCancelled()
         if time.time() > self.deadline:
@@ -129,18 +149,16 @@ class LiveItemRun:
         return self.files.write_atomic(target, chunks, max_bytes)
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 class ItemRunner:
     def __init__(self, store: JobStore, files: FileStore, settings: Settings,
-                 providers: dict[str, Provider], enqueue: Callable[[str, int], None]):
+                 providers: dict[str, Provider], enqueue: Callable[[str, int], None],
+                 pending_tasks: Callable[[], set[tuple[str, int]]] | None = None):
         self.store = store
         self.files = files
         self.settings = settings
         self.providers = providers
         self.enqueue = enqueue
+        self.pending_tasks = pending_tasks  # (job id, index) of every item task still in the queue
         self.stopping = threading.Event()  # set when this process shuts down
 
     # --- one item -----------------------------------------------------------------------
@@ -203,30 +221,45 @@ class ItemRunner:
                                         "image/png"))
             if output.run_seconds:
                 self.store.record_duration(spec.id, output.run_seconds)
-            self._finish(job.id, item.index, worker, ItemState.SUCCEEDED, "Done", files=files, stats=stats)
+            done = self._finish(job.id, item.index, worker, ItemState.SUCCEEDED, "Done", files=files,
+                                stats=stats, unless_cancelled=True)
+            if done is None and self.store.cancel_requested(job.id):
+                raise ItemCancelled()  # the cancel came while the model was being finished
             log.info("item succeeded", extra={**ctx, "request_id": run.request_id})
         except OwnershipLost:
             log.warning("item taken over by another worker; stopping", extra=ctx)
         except WorkerStopping:
             self._hand_back(job.id, item.index, worker)
         except ItemCancelled:
+            self._stop_remote(provider, run)
+            self._discard_results(run)
             self._finish(job.id, item.index, worker, ItemState.CANCELLED, "Cancelled")
             log.info("item cancelled", extra=ctx)
         except ItemFailed as exc:
+            if exc.code == "deadline_exceeded":
+                self._stop_remote(provider, run)
+            self._discard_results(run)
             self._fail(job.id, item.index, worker, exc.code, exc.message)
         except AppError as exc:
+            self._discard_results(run)
             self._fail(job.id, item.index, worker, exc.code, exc.message)
+        except StoreUnavailable as exc:  # the store stayed down: the reaper resumes the item later
+            log.warning("item left running, the job store is unreachable: %s", exc, extra=ctx)
         except Exception:  # noqa: BLE001 - the item fails, the worker lives on
             if self.store.version(job.id) is None:
                 log.info("job deleted while its item ran; stopping", extra=ctx)
             else:
                 log.exception("item crashed", extra=ctx)
+                self._discard_results(run)
                 self._fail(job.id, item.index, worker, "internal_error",
                            "Something went wrong while making this model. The error was logged.")
         finally:
             stop_heartbeat.set()
-            if self.store.version(job.id) is None:
-                self.files.delete_job(job.id)  # deleted meanwhile: leave no result behind
+            try:
+                if self.store.version(job.id) is None:
+                    self.files.delete_job(job.id)  # deleted meanwhile: leave no result behind
+            except StoreUnavailable:
+                pass
 
     def _prepare_run(self, job: Job, item: Item, worker: str) -> LiveItemRun:
         spec = catalog()[job.model]
@@ -236,6 +269,7 @@ class ItemRunner:
             worker=worker, spec=spec, job=job,
             deadline=(item.started_at or time.time()) + self.settings.item_deadline_seconds,
             request_id=item.request_id,
+            submit_record=dict(item.fal_submit),
             inputs=[inputs_dir / name for name in item.inputs],
             work_dir=self.files.job_dir(job.id) / "prepared",
             model_target=self.files.new_result_path(job.id, f"{item.stem}.glb"),
@@ -275,14 +309,35 @@ class ItemRunner:
             self.enqueue(job_id, index)
             log.info("item handed back for shutdown", extra={"job_id": job_id, "item": index})
 
+    def _stop_remote(self, provider: Provider, run: LiveItemRun) -> None:
+        """A cancelled or overdue item also stops its paid request on FAL (bounded, best effort)."""
+        if run.request_id:
+            try:
+                provider.cancel(run)
+            except Exception as exc:  # noqa: BLE001 - telling FAL is best effort
+                log.warning("remote cancel failed: %s", exc, extra={"job_id": run.job_id, "item": run.index})
+
+    @staticmethod
+    def _discard_results(run: LiveItemRun) -> None:
+        """An item that does not succeed leaves no model behind (a corrupt one least of all)."""
+        for path in (run.model_target, run.preview_target):
+            if path.name:
+                path.unlink(missing_ok=True)
+
     def _heartbeat(self, run: LiveItemRun, stop: threading.Event) -> None:
+        failing = False
         while not stop.wait(self.settings.heartbeat_seconds):
             try:
                 if not self.store.touch(run.job_id, run.index, run.worker, time.time()):
                     run.lost.set()
                     return
+                if failing:
+                    log.info("heartbeat back", extra={"job_id": run.job_id, "item": run.index})
+                failing = False
             except Exception as exc:  # noqa: BLE001 - a store hiccup must not kill the item
-                log.warning("heartbeat failed: %s", exc, extra={"job_id": run.job_id, "item": run.index})
+                if not failing:  # one line per outage, not one per beat
+                    log.warning("heartbeat failed: %s", exc, extra={"job_id": run.job_id, "item": run.index})
+                failing = True
 
     def _fail(self, job_id: str, index: int, worker: str, code: str, message: str) -> None:
         self._finish(job_id, index, worker, ItemState.FAILED, "Failed", error=ItemError(code, message))
@@ -290,20 +345,32 @@ class ItemRunner:
 
     def _finish(self, job_id: str, index: int, worker: str | None, state: ItemState, message: str, *,
                 error: ItemError | None = None, files: list[ResultFile] | None = None,
-                stats: dict[str, Any] | None = None, expect: list[ItemState] | None = None) -> None:
+                stats: dict[str, Any] | None = None, expect: list[ItemState] | None = None,
+                unless_cancelled: bool = False) -> Item | None:
+        """Write the item's end; while the store is down, wait for it (a while), since the end
+        of a paid request must not be lost. After that the reaper resumes the item."""
         patch: dict[str, Any] = {"state": state, "message": message, "finished_at": time.time(), "error": error}
         if state == ItemState.SUCCEEDED:
             patch.update(progress=100.0, files=files or [], stats=stats or {})
-        self.store.update_item(job_id, index, patch, expect_state=expect or [ItemState.RUNNING],
-                               expect_worker=worker)
+        give_up = time.monotonic() + FINISH_PATIENCE_SECONDS
+        while True:
+            try:
+                return self.store.update_item(job_id, index, patch, expect_state=expect or [ItemState.RUNNING],
+                                              expect_worker=worker, unless_cancelled=unless_cancelled)
+            except StoreUnavailable:
+                if time.monotonic() > give_up:
+                    raise
+                time.sleep(STORE_RETRY_SECONDS)
 
     # --- housekeeping ---------------------------------------------------------------------
     def reap(self, now: float | None = None) -> list[tuple[str, int]]:
-        """Put items whose worker stopped sending heartbeats back on the queue."""
+        """Put items whose worker is gone back on the queue, and queue again the queued items
+        that no queue task will ever run (a crash while a job was being created or taken)."""
         now = now or time.time()
+        alive = set(self.store.alive_processes(now))
         requeued = []
         for job_id, item in self.store.running_items():
-            if item.heartbeat_at and now - item.heartbeat_at < self.settings.stale_after_seconds:
+            if not self._owner_gone(item, alive, now):
                 continue
             ctx = {"job_id": job_id, "item": item.index, "request_id": item.request_id}
             job = self.store.get(job_id)
@@ -327,6 +394,36 @@ class ItemRunner:
                 self.enqueue(job_id, item.index)
                 requeued.append((job_id, item.index))
                 log.warning("stale item put back on the queue", extra=ctx)
+        return requeued + self._requeue_orphans(now)
+
+    def _owner_gone(self, item: Item, alive: set[str], now: float) -> bool:
+        """Dead for certain (its process is gone from this host), silent past its liveness
+        (another machine's process stopped saying it lives), or silent past stale_after."""
+        beat_age = now - (item.heartbeat_at or 0.0)
+        if beat_age >= self.settings.stale_after_seconds:
+            return True
+        process = owner_process(item.worker)
+        if process is None:
+            return False
+        if known_dead(process):
+            return True
+        return process not in alive and beat_age >= 2 * self.settings.heartbeat_seconds
+
+    def _requeue_orphans(self, now: float) -> list[tuple[str, int]]:
+        """A queued item is only a record: the queue task that would run it can be lost. A
+        second task for an item is harmless (the claim is compare-and-set), a missing one is
+        a job stuck for ever."""
+        waiting = [(job_id, item) for job_id, item in self.store.queued_items()
+                   if now - item.queued_at >= ORPHAN_GRACE_SECONDS]
+        if not waiting or self.pending_tasks is None:
+            return []
+        pending = self.pending_tasks()
+        requeued = []
+        for job_id, item in waiting:
+            if (job_id, item.index) not in pending:
+                self.enqueue(job_id, item.index)
+                requeued.append((job_id, item.index))
+                log.warning("queued item had no queue task; queued again", extra={"job_id": job_id, "item": item.index})
         return requeued
 
     def _cancel_remote(self, job: Job, item: Item) -> None:

@@ -1,7 +1,9 @@
-"""The huey tasks: one per item, plus the periodic reaper and cleanup.
+"""The huey task: one per item.
 
 Tasks are registered on a huey instance built from settings (not at import time), so the
-web process, a `huey_consumer` and the tests each wire their own.
+web process, a `huey_consumer` and the tests each wire their own. Housekeeping (reaper,
+cleanup) is not a periodic task: every worker process runs it itself (`housekeeping.py`), so
+recovery never waits on one special consumer.
 """
 
 from __future__ import annotations
@@ -9,29 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from huey import Huey, crontab
+from huey import Huey
 
+from image2model.worker.queue import RUN_ITEM_TASK
 from image2model.worker.runner import ItemRunner
 
 
 @dataclass
 class Tasks:
     run_item: Any
-    reap: Any
-    cleanup: Any
 
 
 def register_tasks(huey: Huey, runner: ItemRunner) -> Tasks:
-    @huey.task(name="image2model.run_item")
+    @huey.task(name=RUN_ITEM_TASK)
     def run_item(job_id: str, index: int) -> None:
         runner.run(job_id, index)
 
-    @huey.periodic_task(crontab(minute="*"), name="image2model.reap")
-    def reap() -> None:
-        runner.reap()
-
-    @huey.periodic_task(crontab(minute="*/15"), name="image2model.cleanup")
-    def cleanup() -> None:
-        runner.cleanup()
-
-    return Tasks(run_item=run_item, reap=reap, cleanup=cleanup)
+    return Tasks(run_item=run_item)

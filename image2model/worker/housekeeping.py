@@ -1,0 +1,78 @@
+"""The housekeeping every worker process does for itself: say it is alive, take back items
+whose worker died, queue again items no queue task will run, and clean up old jobs.
+
+Each process runs it, on a short period, so recovery never depends on one special consumer:
+a restarted process takes back its own dead items at once, and any live process takes over a
+dead machine's items once that machine's liveness has lapsed (`worker_ttl_seconds`). Reaping
+twice is harmless: every step is a compare-and-set on the item.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from image2model.config import Settings
+from image2model.jobs.store import JobStore
+from image2model.worker.liveness import process_id
+from image2model.worker.runner import ItemRunner
+
+log = logging.getLogger(__name__)
+
+CLEANUP_SECONDS = 900.0
+
+
+class Housekeeper:
+    def __init__(self, runner: ItemRunner, store: JobStore, settings: Settings, workers: int):
+        self.runner = runner
+        self.store = store
+        self.settings = settings
+        self.workers = workers
+        self.process = process_id()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_cleanup = 0.0
+        self._failing = False
+        self._started_at = time.time()
+
+    def start(self) -> Housekeeper:
+        """Say we live and reap once at once (a restart takes back its dead items now), then
+        keep doing it in the background."""
+        self.tick()
+        self._thread = threading.Thread(target=self._loop, name="i2m-housekeeper", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            self.store.mark_gone(self.process)
+        except Exception:  # noqa: BLE001 - going away anyway; the liveness lapses by itself
+            pass
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.reap_seconds):
+            self.tick()
+
+    def tick(self, now: float | None = None) -> None:
+        now = now or time.time()
+        try:
+            self.store.mark_alive(self.process, now, self.settings.worker_ttl_seconds, {
+                "host": socket.gethostname(), "pid": os.getpid(), "workers": self.workers,
+                "started_at": self._started_at})
+            self.runner.reap(now)
+            if now - self._last_cleanup >= CLEANUP_SECONDS:
+                self._last_cleanup = now
+                self.runner.cleanup(now)
+            if self._failing:
+                log.info("housekeeping back to normal")
+            self._failing = False
+        except Exception as exc:  # noqa: BLE001 - an outage must not end housekeeping
+            if not self._failing:  # one line per outage
+                log.warning("housekeeping paused: %s", exc)
+            self._failing = True

@@ -1,0 +1,130 @@
+"""A paid submit whose answer is lost is found again, never sent twice blindly (issue 10, 1-2).
+
+FAL accepts the submit and bills it, then the answer is lost: the connection drops, the
+gateway answers 500, or nothing comes back. The item looks the request up in FAL's request
+history (the fake's Platform API) by its input URLs and carries on with it."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import fal_client
+import fal_client.client as fal_internals
+import pytest
+
+from image2model.jobs.model import ItemState, JobState
+from tests.engine_helpers import uploads_for, wait_done
+
+
+def one_submit_per_input(fake_fal, uploads) -> None:  # noqa: ANN001
+    for upload in uploads:
+        digest = hashlib.sha256(upload.path.read_bytes()).hexdigest()
+        assert fake_fal.submit_counts_by_sha256[digest] == 1, f"{upload.name} was submitted again"
+
+
+@pytest.mark.parametrize("mode", ["drop", "500", "hang"])
+def test_a_lost_submit_answer_is_found_in_fal_history_not_paid_twice(runtime_factory, fake_fal, tmp_path,
+                                                                     mode) -> None:  # noqa: ANN001
+    fake_fal.set_latency(0.1, 0.5)
+    fake_fal.lose_submit_answers(mode, times=3, hang_seconds=10)
+    runtime = runtime_factory(fal_submit_timeout_seconds=1.0)
+    uploads = uploads_for(tmp_path, ["cup.png", "vase.png", "bowl.png"])
+    job = runtime.service.create_job(uploads, model="fal-ai/trellis")
+    done = wait_done(runtime.service, job.id, timeout=60)
+    assert done.state == JobState.SUCCEEDED, [i.error for i in done.items]
+    assert len(fake_fal.submits) == 3
+    one_submit_per_input(fake_fal, uploads)
+    submitted = {s["request_id"] for s in fake_fal.submits}
+    for item in done.items:
+        assert item.request_id in submitted  # the accepted request was adopted
+        assert any("found it in FAL's history" in n["text"] for n in item.fal_submit["events"])
+    assert fake_fal.history_calls >= 3
+    status = runtime.service.status(done)
+    assert "found it in FAL's history" in status["items"][0]["notes"][0]
+
+
+def test_a_submit_fal_never_got_is_sent_again_once_history_proves_it(runtime_factory, fake_fal,
+                                                                     tmp_path) -> None:  # noqa: ANN001
+    fake_fal.fail(500, on="submit", times=1)  # refused before FAL queued anything
+    runtime = runtime_factory(fal_reconcile_seconds=2.0)
+    uploads = uploads_for(tmp_path, ["cup.png"])
+    job = runtime.service.create_job(uploads, model="fal-ai/trellis")
+    done = wait_done(runtime.service, job.id, timeout=60)
+    assert done.state == JobState.SUCCEEDED, done.items[0].error
+    assert len(fake_fal.submits) == 1
+    notes = done.items[0].fal_submit["events"]
+    assert any("never arrived, so it was sent again" in n["text"] for n in notes)
+    assert len(fake_fal.uploads) == 1, "the resubmit reuses the uploaded input"
+
+
+def test_history_that_lists_running_requests_proves_absence_at_once(runtime_factory, fake_fal,
+                                                                    tmp_path) -> None:  # noqa: ANN001
+    fake_fal.history_lists_unfinished = True
+    fake_fal.set_latency(0.0, 30.0)
+    runtime = runtime_factory(fal_reconcile_seconds=120.0)
+    other = runtime.service.create_job(uploads_for(tmp_path / "o", ["other.png"]), model="fal-ai/trellis")
+    deadline = time.monotonic() + 20
+    while not runtime.service.get(other.id).items[0].request_id and time.monotonic() < deadline:
+        time.sleep(0.05)  # one unfinished request is listed: FAL shows requests before they end
+    fake_fal.set_latency(0.0, 0.2)
+    fake_fal.fail(503, on="submit", times=1)
+    started = time.monotonic()
+    job = runtime.service.create_job(uploads_for(tmp_path, ["cup.png"]), model="fal-ai/trellis")
+    done = wait_done(runtime.service, job.id, timeout=60)
+    assert done.state == JobState.SUCCEEDED, done.items[0].error
+    assert time.monotonic() - started < 30, "absence was not taken as proven though FAL lists running requests"
+    runtime.service.cancel(other.id)
+
+
+@pytest.mark.parametrize("why", ["payloads_off", "history_refused", "history_down"])
+def test_when_fal_history_cannot_tell_the_item_fails_plainly_and_is_not_resent(runtime_factory, fake_fal,
+                                                                               tmp_path, why) -> None:  # noqa: ANN001
+    fake_fal.lose_submit_answers("500", times=1)
+    if why == "payloads_off":
+        fake_fal.store_payloads = False
+        fake_fal.history_lists_unfinished = True
+    elif why == "history_refused":
+        fake_fal.fail(403, on="history")
+    else:
+        fake_fal.fail(502, on="history")
+    runtime = runtime_factory()
+    job = runtime.service.create_job(uploads_for(tmp_path, ["cup.png"]), model="fal-ai/trellis")
+    item = wait_done(runtime.service, job.id, timeout=60).items[0]
+    assert item.state == ItemState.FAILED
+    assert item.error.code == "fal_submit_uncertain"
+    assert "it may have been charged" in item.error.message and "not sent again" in item.error.message
+    assert len(fake_fal.submits) == 1
+    assert any("could not tell" in n["text"] for n in item.fal_submit["events"])
+
+
+def test_when_fal_history_cannot_tell_a_setting_can_resend(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    fake_fal.lose_submit_answers("drop", times=1)
+    fake_fal.fail(403, on="history")
+    runtime = runtime_factory(fal_uncertain_submit="resubmit")
+    job = runtime.service.create_job(uploads_for(tmp_path, ["cup.png"]), model="fal-ai/trellis")
+    item = wait_done(runtime.service, job.id, timeout=60).items[0]
+    assert item.state == ItemState.SUCCEEDED, item.error
+    assert len(fake_fal.submits) == 2  # the price of the setting, and the item says so
+    assert any("may be charged twice" in n["text"] for n in item.fal_submit["events"])
+
+
+def test_the_submit_is_one_post_even_when_the_connection_drops(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    """fal-client retries a dropped submit by itself (each try FAL accepted is paid); ours never."""
+    fake_fal.lose_submit_answers("drop", times=1)
+    runtime = runtime_factory()
+    job = runtime.service.create_job(uploads_for(tmp_path, ["cup.png"]), model="fal-ai/trellis")
+    wait_done(runtime.service, job.id, timeout=60)
+    posts = [r for r in fake_fal.requests_log if r[0] == "POST" and r[1].startswith("/queue/")]
+    assert len(posts) == 1
+
+
+def test_fal_client_internals_we_rely_on_are_still_there(fake_fal) -> None:  # noqa: ANN001
+    """We submit with one plain POST to fal-client's queue URL (pinned fal-client 1.0.3), and
+    build handles with its get_handle: if either moves, this fails before production does."""
+    assert fal_client.__version__ if hasattr(fal_client, "__version__") else True
+    assert isinstance(fal_internals.QUEUE_URL_FORMAT, str)
+    handle = fal_client.SyncClient(key="k").get_handle("fal-ai/trellis", "abc")
+    assert handle.status_url.startswith(fal_internals.QUEUE_URL_FORMAT + "fal-ai/trellis/requests/abc")
+    assert handle.cancel_url.endswith("/requests/abc/cancel")
+    assert handle.response_url.endswith("/requests/abc")
