@@ -16,8 +16,9 @@ import threading
 import time
 
 from image2model.config import Settings
-from image2model.jobs.store import JobStore
+from image2model.jobs.store import JobStore, StoreUnavailable
 from image2model.worker.liveness import process_id
+from image2model.worker.outage import store_outage
 from image2model.worker.runner import ItemRunner
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,8 @@ class Housekeeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_cleanup = 0.0
-        self._failing = False
         self._started_at = time.time()
+        self._reap_from = 0.0  # after an outage, live workers get time to speak up again
 
     def start(self) -> Housekeeper:
         """Say we live and reap once at once (a restart takes back its dead items now), then
@@ -65,14 +66,17 @@ class Housekeeper:
             self.store.mark_alive(self.process, now, self.settings.worker_ttl_seconds, {
                 "host": socket.gethostname(), "pid": os.getpid(), "workers": self.workers,
                 "started_at": self._started_at})
-            self.runner.reap(now)
+            if store_outage.ok() or self._reap_from < 0:
+                # Everyone's heartbeats and liveness stopped during the outage, not their work:
+                # reap only once live workers have had a round to say so again.
+                self._reap_from = now + self.settings.worker_ttl_seconds + self.settings.reap_seconds
+            if now >= self._reap_from:
+                self.runner.reap(now)
             if now - self._last_cleanup >= CLEANUP_SECONDS:
                 self._last_cleanup = now
                 self.runner.cleanup(now)
-            if self._failing:
-                log.info("housekeeping back to normal")
-            self._failing = False
-        except Exception as exc:  # noqa: BLE001 - an outage must not end housekeeping
-            if not self._failing:  # one line per outage
-                log.warning("housekeeping paused: %s", exc)
-            self._failing = True
+        except StoreUnavailable as exc:
+            store_outage.failed(exc)
+            self._reap_from = -1.0  # an outage: hold the reaper when it ends
+        except Exception:  # noqa: BLE001 - housekeeping must outlive any one bad round
+            log.exception("housekeeping round failed")

@@ -24,6 +24,7 @@ from image2model.providers.base import ItemCancelled, ItemFailed, Provider
 from image2model.providers.catalog import ModelSpec, catalog
 from image2model.storage import FileStore
 from image2model.worker.liveness import known_dead, owner_process, worker_name
+from image2model.worker.outage import store_outage
 
 log = logging.getLogger(__name__)
 
@@ -325,19 +326,16 @@ class ItemRunner:
                 path.unlink(missing_ok=True)
 
     def _heartbeat(self, run: LiveItemRun, stop: threading.Event) -> None:
-        failing = False
         while not stop.wait(self.settings.heartbeat_seconds):
             try:
                 if not self.store.touch(run.job_id, run.index, run.worker, time.time()):
                     run.lost.set()
                     return
-                if failing:
-                    log.info("heartbeat back", extra={"job_id": run.job_id, "item": run.index})
-                failing = False
+                store_outage.ok()
+            except StoreUnavailable as exc:  # the item rides it out; one line per outage
+                store_outage.failed(exc)
             except Exception as exc:  # noqa: BLE001 - a store hiccup must not kill the item
-                if not failing:  # one line per outage, not one per beat
-                    log.warning("heartbeat failed: %s", exc, extra={"job_id": run.job_id, "item": run.index})
-                failing = True
+                log.warning("heartbeat failed: %s", exc, extra={"job_id": run.job_id, "item": run.index})
 
     def _fail(self, job_id: str, index: int, worker: str, code: str, message: str) -> None:
         self._finish(job_id, index, worker, ItemState.FAILED, "Failed", error=ItemError(code, message))
