@@ -195,6 +195,43 @@ def test_file_in_another_field_is_400(client) -> None:  # noqa: ANN001
     assert_error(response, 400, "unexpected_field", "'files'")
 
 
+# --- parameters that do not fit in a float ------------------------------------------------
+HUGE = "1" + "0" * 400  # 10**400: Python parses it exactly; float() of it raises OverflowError
+OUT_OF_RANGE_PARAMS = [
+    # (the params field as sent, the parameter, its range as the message says it)
+    (f'{{"resolution": {HUGE}}}', "resolution", "from 32 to 512"),
+    (f'{{"resolution": -{HUGE}}}', "resolution", "from 32 to 512"),
+    (f'{{"resolution": "{HUGE}"}}', "resolution", "from 32 to 512"),
+    (f'{{"inflation": {HUGE}}}', "inflation", "from 0.05 to 1"),
+    ('{"inflation": 1e400}', "inflation", "from 0.05 to 1"),  # JSON's 1e400 is inf in Python
+    ('{"inflation": -1e400}', "inflation", "from 0.05 to 1"),
+    ('{"inflation": Infinity}', "inflation", "from 0.05 to 1"),
+    ('{"detail": NaN}', "detail", "from 0 to 1"),
+    ('{"resolution": 1e400}', "resolution", "from 32 to 512"),
+    ('{"resolution": "1e400"}', "resolution", "from 32 to 512"),
+]
+
+
+@pytest.mark.parametrize("params, name, allowed", OUT_OF_RANGE_PARAMS,
+                         ids=[f"{n}-{i}" for i, (_, n, _) in enumerate(OUT_OF_RANGE_PARAMS)])
+def test_numbers_beyond_a_float_are_a_422_naming_the_parameter_and_its_range(  # noqa: ANN001
+        client, params, name, allowed) -> None:
+    response = post_images(client, [("a.png", png())], model="local/relief", params=params)
+    error = assert_error(response, 422, "invalid_parameter", f"Parameter '{name}'", allowed)
+    assert HUGE not in error["message"] and len(error["message"]) < 200, error["message"]
+    assert error["details"]["parameter"] == name
+
+
+def test_a_huge_face_limit_field_is_a_422(live_server_factory) -> None:  # noqa: ANN001
+    """The original API's face_limit form field goes through the same check (Tripo's range)."""
+    server = live_server_factory(**OPEN_LIMITS)  # FAL_KEY is set: Tripo is offered
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        response = post_images(client, [("a.png", png())], model="tripo3d/tripo/v2.5/image-to-3d",
+                               face_limit=HUGE)
+        assert_error(response, 422, "invalid_parameter", "Parameter 'face_limit'", "from 500 to 500000")
+        assert_nothing_queued(server.runtime)
+
+
 # --- awkward images that must be accepted and normalised ---------------------------------
 def first_frame_red_gif() -> bytes:
     red, blue = Image.new("RGB", (80, 60), (220, 20, 20)), Image.new("RGB", (80, 60), (20, 20, 220))
@@ -296,6 +333,26 @@ def test_traversal_and_odd_names_are_all_404(finished) -> None:  # noqa: ANN001
         assert json.loads(body)["error"]["code"] in ("not_found", "file_not_found", "job_not_found"), target
         assert b"TOP-SECRET" not in body and b"glTF" not in body, target
     assert raw_get(server.port, f"{base}/a.glb")[0] == 200  # the real file still is served
+
+
+ODD_RANGES = ["bytes=²-³", "bytes=0-²", "bytes=¹²³-", "bytes=0-1-2", "bytes=0-1,4-9", "bytes=10-5",
+              "bytes=0-99999999999999999999", "bytes=99999999-", "bytes=-5", "bytes=", "items=0-1", "bytes=a-b"]
+
+
+def test_odd_range_headers_are_never_a_500(finished) -> None:  # noqa: ANN001
+    """On the API's downloads and on Gradio's file route (which serves the page's models): a
+    Range that cannot be used is ignored or refused, never a crash. Gradio 6.31 itself gave
+    a 500 for "²" (str.isnumeric() before int()), two ranges and a second dash."""
+    server, job_id, _ = finished
+    result = server.runtime.files.result_path(job_id, "a.glb")
+    whole = result.read_bytes()
+    for target in (f"/api/v1/download/{job_id}/a.glb", f"/gradio_api/file={result}"):
+        assert raw_get(server.port, target, {"Range": "bytes=0-3"}) == (206, whole[:4]), target
+        for value in ODD_RANGES:
+            status, body = raw_get(server.port, target, {"Range": value})  # sent as latin-1 bytes
+            assert status in (200, 206, 416), (target, value, status, body[:200])
+            if status == 200:
+                assert body == whole, (target, value)
 
 
 def test_links_are_never_followed(finished, tmp_path) -> None:  # noqa: ANN001

@@ -187,7 +187,13 @@ def test_a_thousand_open_streams_cost_no_threads(fake_fal, live_server_factory) 
     assert time.monotonic() - started < 60
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", "99999999999999999999999"])
+# Header values travel as bytes, read as latin-1: b"\xb2" arrives as "²", which passes
+# str.isdigit() and fails int(); "¹²³" likewise. Sent as bytes, so no client re-encodes them.
+BAD_EVENT_IDS = ["abc", "-1", "99999999999999999999999", "1.5", "²".encode("latin-1"),
+                 "¹²³".encode("latin-1"), "7²".encode("latin-1")]
+
+
+@pytest.mark.parametrize("value", BAD_EVENT_IDS, ids=[repr(v) for v in BAD_EVENT_IDS])
 def test_a_bad_last_event_id_is_ignored(live_server_factory, value) -> None:  # noqa: ANN001
     server = live_server_factory(fal_key="", **OPEN_LIMITS)
     with httpx.Client(base_url=server.url, timeout=30) as client:

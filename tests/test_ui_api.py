@@ -6,9 +6,12 @@ FAL server; SQLite everywhere, and the main path in Redis mode too.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -144,6 +147,14 @@ def test_mistakes_get_plain_errors_and_create_nothing(
         (([duck], "", "", "not json"), "/generate", "Options must be a JSON object"),
         (([duck], "", "", {"colour": "red"}), "/generate", "has no parameter 'colour'"),
         (([duck], "", "", {"resolution": 5}), "/generate", "Parameter 'resolution': 5 is below the minimum 32"),
+        # a 401-digit integer, and numbers JSON can carry that no float holds
+        (([duck], "", "", {"resolution": 10**400}), "/generate",
+         "Parameter 'resolution': the value is above the maximum 512 (allowed: from 32 to 512)"),
+        (([duck], "", "", '{"resolution": -' + "9" * 400 + "}"), "/generate",
+         "Parameter 'resolution': the value is below the minimum 32"),
+        (([duck], "", "", '{"inflation": 1e400}'), "/generate",
+         "Parameter 'inflation': expected a finite number (allowed: from 0.05 to 1)"),
+        (([duck], "", "", '{"detail": NaN}'), "/generate", "Parameter 'detail': expected a finite number"),
         (("0" * 32,), "/job_status", "No job with that id"),
         (("../etc/passwd",), "/cancel_job", "No job with that id"),
     ]
@@ -168,3 +179,62 @@ def test_an_oversized_image_is_refused_in_words(
     message = str(caught.value).lower()
     assert "exceeds the maximum file size" in message or "limit" in message, message
     assert server.runtime.files.job_ids() == []
+
+
+def files_with_digest(root: Path, digest: str) -> list[Path]:
+    """Every regular file under root whose bytes hash to digest (copies under any name)."""
+    found: list[Path] = []
+    if not root.exists():
+        return found
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and hashlib.sha256(path.read_bytes()).hexdigest() == digest:
+            found.append(path)
+    return found
+
+
+@SQLITE
+def test_results_are_served_in_place_and_a_deleted_job_leaves_no_copy_or_url(
+        live_server_factory, tmp_path, monkeypatch, backend) -> None:  # noqa: ANN001
+    """Gradio serves result files straight from the data directory: no copy in its temp folder
+    that would outlive the job (still downloadable after a delete, and never cleaned up)."""
+    gradio_temp = tmp_path / "gradio-temp"  # this test's own, so no other run's copies count
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_temp))
+    server = live_server_factory(fal_key="")
+    picture = make_image(tmp_path / "unique.png", seed=int.from_bytes(os.urandom(3), "big"), size=(80, 64))
+    client = Client(server.url, download_files=False, verbose=False)  # FileData with the served URL
+    try:
+        status, files = client.predict([handle_file(str(picture))], api_name="/generate")
+    finally:
+        client.close()
+    assert status["state"] == "succeeded", status["items"][0]["error"]
+    assert gradio_temp.is_dir(), "the upload did not land in this test's Gradio temp folder"
+    (served,) = files
+    job_id, url = status["job_id"], served["url"]
+    result = server.runtime.files.result_path(job_id, "unique.glb")
+    digest = hashlib.sha256(result.read_bytes()).hexdigest()
+    assert url.startswith(f"{server.url}/gradio_api/file=")
+    served_from = Path(served["path"])  # where Gradio reads the file it serves
+
+    with httpx.Client(timeout=30) as http:
+        answer = http.get(url)
+        assert answer.status_code == 200 and hashlib.sha256(answer.content).hexdigest() == digest
+        deleted = http.delete(f"{server.url}/api/v1/jobs/{job_id}")
+        assert deleted.status_code == 200 and deleted.json()["deleted"], deleted.text
+        assert not result.exists()
+        gone = http.get(url)
+    assert gone.status_code in (403, 404), (gone.status_code, "the deleted job's model is still served")
+    assert hashlib.sha256(gone.content).hexdigest() != digest
+    leftovers = files_with_digest(server.runtime.settings.data_dir, digest) + files_with_digest(gradio_temp, digest)
+    assert leftovers == [], f"copies of the deleted job's model remain: {leftovers}"
+    assert served_from == result, f"Gradio served a copy ({served_from}), not the job's file"
+
+
+@SQLITE
+def test_gradio_cleans_its_own_cache(live_server_factory, backend) -> None:  # noqa: ANN001
+    """What Gradio does cache (uploads, examples) is deleted on a schedule, not kept forever."""
+    from gradio.routes import App
+
+    server = live_server_factory(fal_key="")
+    (mounted,) = [route.app for route in server.app.routes if isinstance(getattr(route, "app", None), App)]
+    frequency, age = mounted.get_blocks().delete_cache
+    assert 0 < frequency <= 24 * 3600 and 0 < age <= 24 * 3600

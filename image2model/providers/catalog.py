@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,6 +18,23 @@ from image2model.jobs.model import Mode
 ParamType = Literal["int", "float", "bool", "choice", "string"]
 SEED_MAX = 2**31 - 1
 LOCAL_MODEL = "local/relief"
+INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,4000}")  # ASCII digits only: "²".isdigit() is True
+SHOWN_MAX = 24  # longer values are not repeated back in messages
+
+
+def number_text(number: float) -> str:
+    """2147483647 rather than 2.14748e+09; 0.05 as 0.05."""
+    if isinstance(number, int) or (isinstance(number, float) and number.is_integer()):
+        return str(int(number))
+    return f"{number:g}"
+
+
+def shown_value(value: Any) -> str:
+    """The value as the client sent it, or "the value" when it is too long to repeat."""
+    if isinstance(value, int) and value.bit_length() > 64:  # str() of a huge int is slow, or refused
+        return "the value"
+    text = str(value)
+    return text if len(text) <= SHOWN_MAX else "the value"
 
 
 @dataclass(frozen=True)
@@ -55,35 +73,53 @@ class Param:
                 if value == choice or (not isinstance(value, bool) and str(value) == str(choice)):
                     return choice
             raise self._invalid(f"expected one of {', '.join(map(str, self.choices))}")
-        number = self._number(value)
-        if self.minimum is not None and number < self.minimum:
-            raise self._invalid(f"{value} is below the minimum {self.minimum:g}")
-        if self.maximum is not None and number > self.maximum:
-            raise self._invalid(f"{value} is above the maximum {self.maximum:g}")
-        return number
+        return self._number(value)
 
     def _number(self, value: Any) -> int | float:
+        """A number in range, compared exactly: a 400-digit integer is out of range, not an
+        OverflowError, and inf/nan are refused before any comparison."""
         if isinstance(value, bool):
             raise self._invalid("expected a number")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise self._invalid("expected a number") from None
-        if not math.isfinite(number):
-            raise self._invalid("expected a finite number")
-        if self.type == "int":
-            if number != int(number):
-                raise self._invalid("expected a whole number")
-            return int(number)
-        return number
+        number: int | float
+        if isinstance(value, (int, float)):
+            number = value
+        elif isinstance(value, str) and INTEGER_TEXT.fullmatch(value.strip()):
+            number = int(value.strip())
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError, OverflowError):
+                raise self._invalid("expected a number") from None
+        if isinstance(number, float):
+            if not math.isfinite(number):
+                raise self._invalid("expected a finite number")
+            if self.type == "int":
+                if not number.is_integer():
+                    raise self._invalid("expected a whole number")
+                number = int(number)
+        if self.minimum is not None and number < self.minimum:
+            raise self._invalid(f"{shown_value(value)} is below the minimum {number_text(self.minimum)}")
+        if self.maximum is not None and number > self.maximum:
+            raise self._invalid(f"{shown_value(value)} is above the maximum {number_text(self.maximum)}")
+        return float(number) if self.type == "float" else number
+
+    def range_text(self) -> str:
+        low, high = self.minimum, self.maximum
+        if low is not None and high is not None:
+            return f"from {number_text(low)} to {number_text(high)}"
+        if low is not None:
+            return f"at least {number_text(low)}"
+        if high is not None:
+            return f"at most {number_text(high)}"
+        return ""
 
     def _invalid(self, reason: str) -> AppError:
-        return AppError(
-            "invalid_parameter",
-            f"Parameter '{self.name}': {reason}.",
-            422,
-            {"parameter": self.name},
-        )
+        details: dict[str, Any] = {"parameter": self.name}
+        allowed = self.range_text() if self.type in ("int", "float") else ""
+        if allowed:
+            reason = f"{reason} (allowed: {allowed})"
+            details.update(minimum=self.minimum, maximum=self.maximum)
+        return AppError("invalid_parameter", f"Parameter '{self.name}': {reason}.", 422, details)
 
     def json_schema(self) -> dict[str, Any]:
         kinds = {"int": "integer", "float": "number", "bool": "boolean", "string": "string"}

@@ -9,6 +9,7 @@
   limiter takes over rather than letting every request through.
 - Headers: API and download responses get nosniff and a deny-everything CSP; the Gradio page
   gets nothing from here, so it stays embeddable in a Space's iframe.
+- Range: a Range header Gradio's file route would crash on is dropped before it gets there.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hmac
 import ipaddress
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -292,6 +294,26 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+GRADIO_RANGE = re.compile(rb"bytes=[0-9]{1,18}-[0-9]{0,18}")  # the one form Gradio's file route parses safely
+
+
+class GradioRangeGuard:
+    """Pure ASGI: a Range header Gradio's file route cannot parse is dropped (the whole file is
+    sent, as RFC 9110 allows), not left to crash it. Gradio 6.31 checks the numbers with
+    str.isnumeric(), so "bytes=²-³" reached int() and gave a 500; so did two ranges or a
+    second dash. The API's own downloads parse ranges themselves and keep theirs."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not is_api_path(scope.get("path", "")):
+            headers = scope.get("headers") or []
+            if any(k.lower() == b"range" and not GRADIO_RANGE.fullmatch(v.strip()) for k, v in headers):
+                scope = {**scope, "headers": [(k, v) for k, v in headers if k.lower() != b"range"]}
+        await self.app(scope, receive, send)
+
+
 class ApiCors:
     """CORS for the API only (CORS_ORIGINS); the page keeps Gradio's own CORS handling."""
 
@@ -319,6 +341,7 @@ def install_security(app: Any, settings: Settings) -> None:
     if origins:
         app.add_middleware(ApiCors, origins=origins)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(GradioRangeGuard)
     keys = settings.api_key_list
     if not keys:
         log.warning("API_KEYS is not set: the REST API at %s is open to anyone who can reach this server",

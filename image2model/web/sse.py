@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,8 +160,12 @@ class Watchers:
             return None
 
 
+EVENT_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits: "²" and "¹²³" pass str.isdigit() but not int()
+
+
 def parse_last_event_id(value: str | None) -> int | None:
-    if value is None or not value.strip().isdigit() or len(value.strip()) > 18:
+    """The job version a reconnecting client has; anything else counts as no id."""
+    if value is None or not EVENT_ID.fullmatch(value.strip()):
         return None
     return int(value.strip())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -56,7 +57,25 @@ NOT_FOUND = "That job was not found; it may have expired."
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 
+# Gradio deletes what it cached (uploads, examples) after an hour, checking hourly; our results
+# are never in its cache (see serve_results_in_place), so this bounds only its own files.
+GRADIO_CACHE_CLEANUP = (3600, 3600)  # (every seconds, older than seconds)
+_served_in_place: set[Path] = set()
+
+
+def serve_results_in_place(runtime: Runtime) -> None:
+    """Let Gradio serve the job files from the data directory instead of copying each file a
+    handler returns into its temp folder (GRADIO_TEMP_DIR). A copy would outlive its job:
+    still servable after a delete or expiry, and never cleaned up. Process-wide in Gradio, so
+    each directory is added once; it was already an allowed path, so nothing new is exposed."""
+    root = Path(runtime.files.root).resolve()
+    if root not in _served_in_place:
+        gr.set_static_paths(paths=[root])
+        _served_in_place.add(root)
+
+
 def build_ui(runtime: Runtime) -> gr.Blocks:
+    serve_results_in_place(runtime)  # before any component exists
     return Page(runtime).build()
 
 
@@ -107,7 +126,7 @@ class Page:
         self.starting = threading.Lock()  # a double click's two starts must not both create a job
 
     def build(self) -> gr.Blocks:
-        with gr.Blocks(title="image2model: photos to 3D models") as demo:
+        with gr.Blocks(title="image2model: photos to 3D models", delete_cache=GRADIO_CACHE_CLEANUP) as demo:
             gr.Markdown("# Photos to 3D models\nAdd photos of an object, pick a model, and press **Generate**. "
                         "You can turn each model around here and download it.", elem_id="intro")
             with gr.Row(equal_height=False):
@@ -377,7 +396,7 @@ class Page:
             status = self.service.status(self.service.get(job_id))
             item = next(i for i in finished_items(status) if i["index"] == int(index))
             return self.show_item(job_id, item)
-        except (StopIteration, TypeError, ValueError):
+        except (StopIteration, TypeError, ValueError, OverflowError):  # int() of nan, inf, "²"
             return {self.notice: note("That model is not ready yet.")}
         except Exception as exc:  # noqa: BLE001
             return {self.notice: note(friendly(exc))}

@@ -158,7 +158,8 @@ def options_for(spec: ModelSpec, form: ParamForm, flat: list[Any], seed: Any, ra
     """The options object a job gets: this model's settings plus the seed (None = random)."""
     options = form.values(spec.id, flat)
     if seed_param(spec) is not None:
-        options["seed"] = None if randomize or seed in (None, "") else int(seed)
+        # typed and range-checked by the catalog, like every option (int() of inf would raise)
+        options["seed"] = None if randomize or seed in (None, "") else clean_value(seed_param(spec), seed)
     return options
 
 

@@ -34,6 +34,7 @@ TEXT_FIELDS = ("model", "mode", "params", "face_limit")
 MAX_FIELD_BYTES = 64 * 1024
 EXTRA_PARTS = 16  # non-file parts allowed besides the files
 FILENAME_STAR = re.compile(r"filename\*\s*=\s*([^;]+)", re.IGNORECASE)
+DECIMAL = re.compile(r"[0-9]{1,30}")  # ASCII digits only: "²".isdigit() is True, int("²") fails
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def _boundary(request: Request) -> bytes:
 
 def _check_declared_length(request: Request, limits: UploadLimits) -> None:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+    if declared and DECIMAL.fullmatch(declared.strip()) and int(declared.strip()) > limits.max_body_bytes:
         raise AppError("request_too_large", f"The request is larger than {limits.max_files} images of "
                        f"{limits.describe_file_limit()} each.", 413)
 
