@@ -87,10 +87,11 @@ class ConsumerProcess:
     """A separate `huey_consumer` (the Redis mode's worker machine), started and ready: its
     workers are waiting on the queue, so no figure includes a consumer still importing."""
 
-    def __init__(self, data_dir: Path, redis_url: str, fal_url: str | None, workers: int = 25):
+    def __init__(self, data_dir: Path, redis_url: str, fal_url: str | None, workers: int = 25, **extra: str):
         env = dict(os.environ)
         env.update({"DATA_DIR": str(data_dir), "REDIS_URL": redis_url, "FAL_KEY": "bench-key",
                     "NO_PROXY": "127.0.0.1,localhost", "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING"})
+        env.update(extra)
         if fal_url:
             env["I2M_TEST_FAKE_FAL_URL"] = fal_url
         self.proc = subprocess.Popen(

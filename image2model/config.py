@@ -73,7 +73,8 @@ class Settings(BaseSettings):
     reap_seconds: float = Field(default=3.0, gt=0)
     worker_ttl_seconds: float = Field(default=10.0, gt=0)
 
-    # Housekeeping.
+    # Housekeeping. Below this much free disk, /ready says so and uploads are refused (507).
+    min_free_disk_mb: float = Field(default=100.0, ge=0)
     retention_hours: float = Field(default=24.0, gt=0)
 
     # Web (used by later layers; listed here so every setting lives in one place).

@@ -6,6 +6,8 @@ Every error carries a stable machine `code` (clients branch on it), a human `mes
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from typing import Any
 
 
@@ -24,3 +26,18 @@ class AppError(Exception):
 
     def __repr__(self) -> str:
         return f"AppError({self.code!r}, {self.message!r})"
+
+
+SQLITE_FULL = 13
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """The kernel's ENOSPC / EDQUOT, or SQLite's SQLITE_FULL (the embedded store's disk)."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error() -> AppError:
+    return AppError("disk_full", "The server's disk is full, so nothing more can be stored right now. "
+                    "Nothing you sent before was lost; please try again later.", 507)

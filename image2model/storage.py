@@ -11,14 +11,19 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 import unicodedata
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from image2model.errors import AppError
+from image2model.errors import AppError, is_disk_full
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+PART_PREFIX = ".part-"
+PART_OWNER = re.compile(r"^\.part-(\d+)@([^-]*)-")  # .part-<pid>@<host>-<random>
+STALE_PART_SECONDS = 600.0  # a half-written file nobody touched for this long is abandoned
 UNSAFE = re.compile(r"[^A-Za-z0-9._ ()+-]+")
 
 
@@ -68,6 +73,9 @@ def unique_stems(names: Iterable[str]) -> list[str]:
     return make_unique(stems, lambda stem, n: f"{stem}-{n}")
 
 
+_HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
+
+
 class FileStore:
     def __init__(self, root: Path):
         self.root = Path(root).resolve() / "files"
@@ -110,7 +118,7 @@ class FileStore:
         """Write chunks to target through a temp file; returns the size. Raises AppError
         `file_too_large` (and leaves nothing behind) when max_bytes is passed."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{PART_PREFIX}{os.getpid()}@{_HOST}-")
         size = 0
         try:
             with os.fdopen(fd, "wb") as out:
@@ -126,10 +134,29 @@ class FileStore:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
+            if is_disk_full(exc):
+                raise AppError("disk_full", "The server's disk is full, so this model could not be saved. "
+                               "Please try again once space is freed.", 507) from exc
             raise
         return size
+
+    def abandoned_parts(self, pid_gone: Callable[[int], bool], now: float | None = None) -> list[Path]:
+        """Half-written files whose writer died (a kill mid-download): a writer on this host
+        whose pid is gone, or any file untouched for STALE_PART_SECONDS (a writer elsewhere)."""
+        now = now or time.time()
+        found = []
+        for part in self.root.glob(f"*/results/{PART_PREFIX}*"):
+            owner = PART_OWNER.match(part.name)
+            try:
+                old = now - part.stat().st_mtime >= STALE_PART_SECONDS
+            except OSError:
+                continue
+            mine = owner is not None and owner.group(2) == _HOST
+            if old or (mine and pid_gone(int(owner.group(1)))):
+                found.append(part)
+        return found
 
     def delete_job(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)

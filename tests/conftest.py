@@ -77,7 +77,8 @@ def settings_factory(backend: str, request: pytest.FixtureRequest, tmp_path: Pat
         if backend == "redis":
             redis_url = request.getfixturevalue("redis_server")
             _flush(redis_url)
-        return make_settings(tmp_path / "data", redis_url, **overrides)
+        data_dir = Path(overrides.pop("data_dir", tmp_path / "data"))  # type: ignore[arg-type]
+        return make_settings(data_dir, redis_url, **overrides)
 
     return build
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -57,3 +59,10 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):  # noq
 
 def load_glb(path: Path) -> trimesh.Scene:
     return trimesh.load(io.BytesIO(path.read_bytes()), file_type="glb", force="scene")
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL: no warning, no cleanup, as a crash or the OOM killer would."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import signal
 import subprocess
 
 from image2model.jobs.model import ItemState, Job, JobState
 from image2model.runtime import Runtime
 from tests.conftest import start_consumer_process
-from tests.engine_helpers import uploads_for, wait_until
-
-
-def kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+from tests.engine_helpers import kill, uploads_for, wait_until
 
 
 def test_sigkilled_consumer_is_replaced_and_the_fal_request_resumed(settings_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001

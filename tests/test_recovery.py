@@ -14,23 +14,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from image2model.jobs.model import ItemState, Job, JobState
+from image2model.jobs.model import ItemState, JobState
 from image2model.runtime import Runtime
 from image2model.worker.liveness import owner_process
 from tests.conftest import ROOT, start_consumer_process
-from tests.engine_helpers import make_image, uploads_for, wait_done, wait_until
+from tests.engine_helpers import kill, make_image, uploads_for, wait_done, wait_until
 from tests.netutil import free_port, stop_process, wait_for_port
-
-
-def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        if sig == signal.SIGKILL:
-            proc.wait(10)
 
 
 def submits_per_input(fake_fal, uploads) -> list[int]:  # noqa: ANN001
@@ -200,7 +192,8 @@ def test_a_cancelled_offline_item_never_ends_succeeded(runtime_factory, tmp_path
         assert done.state == JobState.CANCELLED
         late = [i for i in done.items if i.state == ItemState.SUCCEEDED and i.finished_at >= cancelled_at]
         assert not late, f"round {round_}: items finished as succeeded after the cancel"
-        assert max(i.finished_at for i in done.items) - cancelled_at < 1.5, "cancel took over a second"
+        # (how fast: bench/bench_recovery.py measures it; here only that it is not ignored)
+        assert max(i.finished_at for i in done.items) - cancelled_at < 5.0, "the cancel was not acted on"
         results = runtime.files.results_dir(job.id)
         kept = {i.model_file.name for i in done.items if i.model_file}
         leftovers = {p.name for p in results.iterdir()} - kept if results.is_dir() else set()
@@ -265,3 +258,50 @@ def test_startup_cleanup_runs_in_every_process(runtime_factory, tmp_path) -> Non
     wait_until(lambda: job.id in runtime.files.job_ids())
     runtime.runner.cleanup(time.time() + runtime.settings.retention_seconds + 1)
     assert runtime.store.get(job.id) is None and job.id not in runtime.files.job_ids()
+
+
+def test_a_half_written_download_left_by_a_killed_worker_is_removed_at_start(runtime_factory, tmp_path) -> None:  # noqa: ANN001
+    from image2model import storage
+
+    runtime = runtime_factory(start_consumer=False, fal_key="")
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="local/relief")
+    results = runtime.files.results_dir(job.id)
+    results.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = results / f".part-{dead.pid}@{storage._HOST}-abc123"
+    left.write_bytes(b"half a model")
+    live = results / f".part-{os.getpid()}@{storage._HOST}-def456"  # a download still going on
+    live.write_bytes(b"being written")
+    runtime.start_consumer()  # the first housekeeping round runs now
+    assert not left.exists(), "a dead worker's half-written file survived the restart"
+    assert live.exists(), "a live download was removed"
+    done = wait_done(runtime.service, job.id, timeout=60)
+    assert done.state == JobState.SUCCEEDED
+    assert not [p for p in results.iterdir() if p.name.startswith(".part-") and p != live]
+
+
+def test_a_corrupt_model_leaves_nothing_in_results(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    fake_fal.result_bytes = b"glTF" + b"\0" * 64  # looks like a GLB at a glance, is not one
+    runtime = runtime_factory()
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    item = wait_done(runtime.service, job.id).items[0]
+    assert item.error.code == "invalid_model"
+    results = runtime.files.results_dir(job.id)
+    assert not results.exists() or not list(results.iterdir()), list(results.iterdir())
+
+
+def test_a_silent_worker_is_explained_in_the_status_until_it_is_replaced(runtime_factory, tmp_path) -> None:  # noqa: ANN001
+    from image2model.jobs.service import SILENT_WORKER_MESSAGE
+
+    runtime = runtime_factory(start_consumer=False, fal_key="")
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="local/relief")
+    now = time.time()
+    runtime.store.update_item(job.id, 0, {"state": ItemState.RUNNING, "worker": "elsewhere:1:x/y",
+                                          "heartbeat_at": now, "message": "Sampling: 37%"})
+    fresh = runtime.service.status_json(job.id)
+    assert b"Sampling: 37%" in fresh
+    runtime.store.touch(job.id, 0, "elsewhere:1:x/y", now - 10 * runtime.settings.heartbeat_seconds)
+    time.sleep(1.1)  # the cached answer of a running job is at most a second old
+    assert SILENT_WORKER_MESSAGE.encode() in runtime.service.status_json(job.id)
+    assert runtime.service.status(runtime.service.get(job.id))["items"][0]["message"] == SILENT_WORKER_MESSAGE

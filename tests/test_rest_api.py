@@ -198,10 +198,13 @@ def test_health_and_readiness(server, client) -> None:  # noqa: ANN001
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"store": True, "queue": True, "files": True},
-                            "queue": "sqlite", "fal_configured": False, "auth_required": False}
+    body = ready.json()
+    assert body.pop("disk_free_mb") > 0
+    assert body == {"status": "ready", "checks": {"store": True, "queue": True, "files": True, "disk": True,
+                                                  "workers": True},
+                    "queue": "sqlite", "fal_configured": False, "auth_required": False, "workers": 1}
     server.runtime.files.usable = lambda: False  # the data directory went read-only
-    error = assert_error(client.get("/ready"), 503, "not_ready", "files")
+    error = assert_error(client.get("/ready"), 503, "not_ready", "data directory is not writable")
     assert error["details"]["checks"]["files"] is False
 
 

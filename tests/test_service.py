@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -13,6 +14,7 @@ from tests.engine_helpers import uploads_for
 
 def test_status_json_follows_every_change_and_guards_the_owner(runtime_factory, tmp_path) -> None:  # noqa: ANN001
     runtime = runtime_factory(start_consumer=False, fal_key="")
+    runtime.store.mark_alive("worker-host:1:abc", time.time(), 600, {})  # a worker somewhere
     job = runtime.service.create_job(uploads_for(tmp_path, ["a.png", "b.png"]), owner="alice")
     first = runtime.service.status_json(job.id, "alice")
     assert json.loads(first) == job_status(runtime.service.get(job.id))

@@ -35,13 +35,14 @@ WORKER_INFO = PREFIX + "worker-info"
 # A Redis that hangs must not hang a request or a worker: every call gives up after this.
 SOCKET_TIMEOUT_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 3.0
+PROBE_TIMEOUT_SECONDS = 1.0
 OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError)
 
 
-def redis_client(url: str, **options: Any) -> redis.Redis:
+def redis_client(url: str, timeout: float = SOCKET_TIMEOUT_SECONDS, **options: Any) -> redis.Redis:
     """The one way this app connects to Redis: bounded waits everywhere."""
-    return redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
-                                socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+    return redis.Redis.from_url(url, socket_timeout=timeout,
+                                socket_connect_timeout=min(timeout, CONNECT_TIMEOUT_SECONDS),
                                 health_check_interval=30, **options)
 
 
@@ -117,6 +118,8 @@ class RedisJobStore(JobStore):
         super().__init__(retention_seconds)
         self.url = url
         self.redis = redis_client(url, decode_responses=True)
+        # readiness asks with a short fuse, so /ready turns 503 within seconds of a hang
+        self._probe = redis_client(url, PROBE_TIMEOUT_SECONDS, decode_responses=True)
         self._update_item = self.redis.register_script(UPDATE_ITEM)
         self._reserve = self.redis.register_script(RESERVE)
         self._closed = threading.Event()
@@ -318,13 +321,14 @@ class RedisJobStore(JobStore):
 
     def ping(self) -> bool:
         try:
-            return bool(self.redis.ping())
+            return bool(self._probe.ping())
         except (redis.RedisError, OSError):
             return False
 
     def close(self) -> None:
         self._closed.set()
         self.redis.close()
+        self._probe.close()
 
     # --- change events --------------------------------------------------------------------
     def _ensure_listener(self) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from image2model.config import Settings
-from image2model.errors import AppError
+from image2model.errors import AppError, disk_full_error, is_disk_full
 from image2model.jobs.model import Item, ItemState, Job, Mode
 from image2model.jobs.store import JobStore
 from image2model.media.images import inspect_image
@@ -28,6 +28,20 @@ log = logging.getLogger(__name__)
 
 DOWNLOAD_PREFIX = "/api/v1/download"
 STATUS_CACHE_SIZE = 1024
+LIVENESS_CACHE_SECONDS = 1.0
+NO_WORKER_MESSAGE = "Waiting: no worker is running right now; it starts as soon as one is"
+SILENT_WORKER_MESSAGE = ("The worker making this model stopped answering; another one takes it over "
+                         "within seconds, and nothing is paid twice")
+SILENT_AFTER_BEATS = 3  # a running item this many heartbeats late is shown as silent
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """What the status says about workers, beyond the job record: whether any runs at all,
+    and before when a running item's last heartbeat means its worker went silent."""
+
+    workers_alive: bool = True
+    silent_before: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -43,8 +57,10 @@ class JobService:
         self.files = files
         self.settings = settings
         self.enqueue = enqueue
-        self._status_cache: OrderedDict[str, tuple[int, str, bytes]] = OrderedDict()
+        # job id -> (version, fresh until (wall clock), owner, body)
+        self._status_cache: OrderedDict[str, tuple[int, float, str, bytes]] = OrderedDict()
         self._status_lock = threading.Lock()
+        self._liveness: tuple[float, bool] = (0.0, True)
 
     # --- create ---------------------------------------------------------------------------
     def create_job(self, uploads: Sequence[Upload], model: str | None = None, mode: str | None = None,
@@ -67,11 +83,18 @@ class JobService:
         names = [upload.name or f"image-{n + 1}" for n, upload in enumerate(uploads)]
         for upload, name in zip(uploads, names):
             self._check_file(upload.path, name)
+        self._check_disk()
         if spec.provider == "fal":
             self._reserve_spending(len(uploads))
 
         job_id = uuid.uuid4().hex
-        stored = self._store_inputs(job_id, uploads, names)
+        try:
+            stored = self._store_inputs(job_id, uploads, names)
+        except OSError as exc:  # nothing half-stored stays behind
+            self.files.delete_job(job_id)
+            if is_disk_full(exc):
+                raise disk_full_error() from exc
+            raise
         items = self._make_items(job_mode, names, stored)
         job = Job(id=job_id, model=spec.id, mode=job_mode, params=resolved, items=items, owner=owner)
         self.store.create(job)
@@ -143,6 +166,15 @@ class JobService:
                            f"{self.settings.max_image_mb:g} MB per image.", 413, {"file": name})
         info = inspect_image(path, name, self.settings.max_image_pixels)
         check_single_format(path, name, info.format)  # an image with an archive or page inside: 415
+
+    def _check_disk(self) -> None:
+        """Refuse new work before the disk is full, so running items can still save theirs."""
+        try:
+            free_mb = shutil.disk_usage(self.files.root).free / 1048576
+        except OSError:
+            return
+        if free_mb < self.settings.min_free_disk_mb:
+            raise disk_full_error()
 
     def _reserve_spending(self, count: int) -> None:
         limit = self.settings.fal_images_per_hour
@@ -216,7 +248,37 @@ class JobService:
 
     def status(self, job: Job) -> dict[str, Any]:
         """The public status shape, shared by the Gradio API, REST and SSE."""
-        return job_status(job)
+        return job_status(job, self.liveness(job))
+
+    def liveness(self, job: Job) -> Liveness:
+        if job.state.terminal:
+            return Liveness()
+        silent_after = SILENT_AFTER_BEATS * self.settings.heartbeat_seconds
+        return Liveness(self.workers_alive(), time.time() - silent_after)
+
+    def _fresh_until(self, job: Job, live: Liveness) -> float:
+        """When a cached status of this job stops being true without a new version: a worker
+        going silent, or the last worker leaving, changes what it says."""
+        if job.state.terminal:
+            return float("inf")
+        until = time.time() + LIVENESS_CACHE_SECONDS
+        silent_after = SILENT_AFTER_BEATS * self.settings.heartbeat_seconds
+        beats = [i.heartbeat_at + silent_after for i in job.items
+                 if i.state == ItemState.RUNNING and i.heartbeat_at and i.heartbeat_at >= live.silent_before]
+        return min([until, *beats])
+
+    def workers_alive(self) -> bool:
+        """Whether any worker process says it lives (asked at most once a second): a queued
+        photo with nobody to run it says so instead of "Waiting for a worker" for ever."""
+        checked_at, alive = self._liveness
+        now = time.monotonic()
+        if now - checked_at >= LIVENESS_CACHE_SECONDS:
+            try:
+                alive = bool(self.store.alive_processes(time.time()))
+            except Exception:  # noqa: BLE001 - a store outage shows up elsewhere; keep the last word
+                pass
+            self._liveness = (now, alive)
+        return alive
 
     def status_json(self, job_id: str, owner: str | None = None) -> bytes:
         """The status as JSON bytes, re-read and re-encoded only when the job's version moved:
@@ -224,14 +286,15 @@ class JobService:
         version = self.store.version(job_id) if isinstance(job_id, str) else None
         with self._status_lock:
             cached = self._status_cache.get(job_id)
-        if version is not None and cached is not None and cached[0] == version:
-            if owner is not None and cached[1] != owner:
+        if version is not None and cached is not None and cached[0] == version and time.time() < cached[1]:
+            if owner is not None and cached[2] != owner:
                 raise AppError("job_not_found", "No job with that id (it may have expired).", 404)
-            return cached[2]
+            return cached[3]
         job = self.get(job_id, owner)
-        body = json.dumps(job_status(job), separators=(",", ":")).encode()
+        live = self.liveness(job)
+        body = json.dumps(job_status(job, live), separators=(",", ":")).encode()
         with self._status_lock:
-            self._status_cache[job_id] = (job.version, job.owner, body)
+            self._status_cache[job_id] = (job.version, self._fresh_until(job, live), job.owner, body)
             self._status_cache.move_to_end(job_id)
             while len(self._status_cache) > STATUS_CACHE_SIZE:
                 self._status_cache.popitem(last=False)
@@ -246,7 +309,7 @@ def file_url(job_id: str, name: str) -> str:
     return f"{DOWNLOAD_PREFIX}/{job_id}/{name}"
 
 
-def job_status(job: Job) -> dict[str, Any]:
+def job_status(job: Job, live: Liveness = Liveness()) -> dict[str, Any]:
     counts = {state.value: 0 for state in ItemState}
     for item in job.items:
         counts[item.state.value] += 1
@@ -263,17 +326,22 @@ def job_status(job: Job) -> dict[str, Any]:
         "created_at": job.created_at,
         "version": job.version,
         "counts": counts,
-        "items": [item_status(job.id, item) for item in job.items],
+        "items": [item_status(job.id, item, live) for item in job.items],
     }
 
 
-def item_status(job_id: str, item: Item) -> dict[str, Any]:
+def item_status(job_id: str, item: Item, live: Liveness = Liveness()) -> dict[str, Any]:
+    message = item.message
+    if item.state == ItemState.QUEUED and not live.workers_alive:
+        message = NO_WORKER_MESSAGE
+    elif item.state == ItemState.RUNNING and item.heartbeat_at and item.heartbeat_at < live.silent_before:
+        message = SILENT_WORKER_MESSAGE
     return {
         "index": item.index,
         "name": item.name,
         "state": item.state.value,
         "progress": 100.0 if item.state == ItemState.SUCCEEDED else item.progress,
-        "message": item.message,
+        "message": message,
         "queued_at": item.queued_at,
         "started_at": item.started_at,
         "finished_at": item.finished_at,

@@ -33,7 +33,7 @@ import httpx
 from fal_client.auth import MissingCredentialsError
 
 from image2model.media.images import prepare_image
-from image2model.providers.base import ItemCancelled, ItemFailed, ItemRun, ProviderOutput
+from image2model.providers.base import ItemFailed, ItemRun, ProviderOutput
 from image2model.providers.reconcile import RequestHistory, SubmitLedger
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 ERROR_TEXT = {400: "Bad input", 401: "Missing or invalid API key", 404: "No such job or file",
               413: "Too large", 415: "Not an accepted image type", 416: "Range not satisfiable",
               422: "Invalid parameter or field", 429: "Rate or spending limit reached",
-              503: "A dependency is unavailable"}
+              503: "A dependency is unavailable", 507: "The server's disk is full; nothing was stored"}
 MODEL_TYPES = ("model/gltf-binary", "image/webp", "image/png", "image/jpeg", "model/stl", "application/x-ply",
                "application/zip", "application/octet-stream")
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -151,7 +153,7 @@ def _job_routes(router: APIRouter, api: Api) -> None:
     for path, listed in (("/upload/", True), ("/upload", False)):
         router.add_api_route(path, upload, methods=["POST"], status_code=202, response_model=UploadResponse,
                              include_in_schema=listed, openapi_extra=upload_openapi(api.limits.max_files),
-                             summary="Upload images", responses=errors(400, 401, 413, 415, 422, 429, 503))
+                             summary="Upload images", responses=errors(400, 401, 413, 415, 422, 429, 503, 507))
 
     @router.get("/status/tasks/{task_id}", response_model=JobStatus, responses=errors(401, 404, 422, 429),
                 summary="Job status")
@@ -315,15 +317,42 @@ def _health_routes(app: FastAPI, api: Api) -> None:
              summary="Store, queue and data directory usable")
     def ready() -> dict:
         runtime = api.runtime
-        checks = {"store": _safely(runtime.store.ping),
-                  "queue": _safely(lambda: runtime.huey.pending_count() >= 0),
+        store_ok = _safely(runtime.store.ping)
+        checks = {"store": store_ok,
+                  # in Redis mode the queue lives on the same server the store just answered from
+                  "queue": store_ok if runtime.settings.use_redis else _safely(
+                      lambda: runtime.huey.pending_count() >= 0),
                   "files": _safely(runtime.files.usable)}
+        free_mb = _free_mb(runtime)
+        checks["disk"] = free_mb >= runtime.settings.min_free_disk_mb
+        workers = _live_workers(runtime) if store_ok else 0
+        checks["workers"] = workers > 0
         body = {"checks": checks, "queue": "redis" if runtime.settings.use_redis else "sqlite",
-                "fal_configured": runtime.settings.fal_configured, "auth_required": api.security.keys.required}
+                "fal_configured": runtime.settings.fal_configured, "auth_required": api.security.keys.required,
+                "workers": workers, "disk_free_mb": round(free_mb, 1)}
         if not all(checks.values()):
-            failing = ", ".join(name for name, ok in checks.items() if not ok)
-            raise AppError("not_ready", f"Not ready: {failing} unavailable.", 503, body)
+            failing = [READY_WORDS[name] for name, ok in checks.items() if not ok]
+            raise AppError("not_ready", f"Not ready: {'; '.join(failing)}.", 503, body)
         return {"status": "ready", **body}
+
+
+READY_WORDS = {"store": "the job store is unreachable", "queue": "the work queue is unreachable",
+               "files": "the data directory is not writable", "disk": "the disk is (nearly) full",
+               "workers": "no worker is running (start huey_consumer, or turn EMBEDDED_WORKER on)"}
+
+
+def _live_workers(runtime: Runtime) -> int:
+    try:
+        return len(runtime.store.alive_processes(time.time()))
+    except Exception:  # noqa: BLE001 - counted as none; the store check says why
+        return 0
+
+
+def _free_mb(runtime: Runtime) -> float:
+    try:
+        return shutil.disk_usage(runtime.files.root).free / 1048576
+    except OSError:
+        return 0.0
 
 
 def _safely(check: Callable[[], object]) -> bool:

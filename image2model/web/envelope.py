@@ -8,6 +8,7 @@ own pages (/docs) keep their default shapes.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,7 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from image2model.errors import AppError
+from image2model.errors import AppError, disk_full_error, is_disk_full
+from image2model.jobs.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,27 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
 
+def outage_error(exc: BaseException) -> AppError | None:
+    """An outage of something we depend on, as the plain answer a client can act on."""
+    if isinstance(exc, StoreUnavailable):
+        return HttpAppError("store_unavailable", "The job store is not reachable right now; please try "
+                            "again in a minute.", 503, headers={"Retry-After": "5"})
+    if is_disk_full(exc):
+        return disk_full_error()
+    return None
+
+
+async def on_outage(request: Request, exc: Exception) -> Response:
+    """A store outage or a full disk: one warning line, and a plain 503 / 507 answer."""
+    outage = outage_error(exc)
+    if outage is None:
+        return await on_unexpected(request, exc)
+    log.warning("%s on %s %s: %s", outage.code, request.method, request.url.path, exc)
+    if not _ours(request):
+        return PlainTextResponse(outage.message, status_code=outage.status)
+    return app_error_response(outage)
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     """Last resort: a bug, not bad input. Logged with its traceback; the client gets no
     internals."""
@@ -89,4 +112,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, on_app_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(StoreUnavailable, on_outage)
+    app.add_exception_handler(OSError, on_outage)
+    app.add_exception_handler(sqlite3.Error, on_outage)
     app.add_exception_handler(Exception, on_unexpected)

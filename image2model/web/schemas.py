@@ -164,3 +164,5 @@ class Ready(Strict):
     queue: Literal["sqlite", "redis"]
     fal_configured: bool
     auth_required: bool
+    workers: int = Field(description="worker processes that said they are alive in the last few seconds")
+    disk_free_mb: float

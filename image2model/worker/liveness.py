@@ -41,11 +41,17 @@ def known_dead(process: str) -> bool:
     the pid is ours but the id is not (a restarted container is pid 1 every time)."""
     host, _, rest = process.partition(":")
     pid_text, _, _ = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isascii() or not pid_text.isdigit():
+    if not pid_text.isascii() or not pid_text.isdigit():
         return False
-    pid = int(pid_text)
-    if pid == os.getpid():
+    if host == socket.gethostname() and int(pid_text) == os.getpid():
         return process != process_id()
+    return pid_gone(host, int(pid_text))
+
+
+def pid_gone(host: str, pid: int) -> bool:
+    """True when `pid` on `host` is certainly not running (only this host can tell)."""
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

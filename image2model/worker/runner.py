@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -23,12 +24,12 @@ from image2model.media.meshes import mesh_stats
 from image2model.providers.base import ItemCancelled, ItemFailed, Provider
 from image2model.providers.catalog import ModelSpec, catalog
 from image2model.storage import FileStore
-from image2model.worker.liveness import known_dead, owner_process, worker_name
+from image2model.worker.liveness import known_dead, owner_process, pid_gone, worker_name
 from image2model.worker.outage import store_outage
 
 log = logging.getLogger(__name__)
 
-CANCEL_CHECK_SECONDS = 0.5
+CANCEL_CHECK_SECONDS = 0.25  # one indexed read; a cancel takes effect within about this
 PROGRESS_WRITE_SECONDS = 0.5  # at most two progress writes a second per item
 STORE_RETRY_SECONDS = 0.5  # how often a write that must land is tried while the store is down
 FINISH_PATIENCE_SECONDS = 300.0  # a result waits this long for the store before the reaper's turn
@@ -448,6 +449,9 @@ class ItemRunner:
             if not young and self.store.version(job_id) is None:
                 self.files.delete_job(job_id)
                 removed.append(job_id)
+        for part in self.files.abandoned_parts(lambda pid: pid_gone(socket.gethostname(), pid), now):
+            part.unlink(missing_ok=True)
+            log.info("removed a half-written file left by a stopped worker: %s", part.name)
         if removed:
             log.info("cleanup removed %d jobs", len(removed))
         return removed

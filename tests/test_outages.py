@@ -1,0 +1,179 @@
+"""Outages answered plainly (issue 10, 8-9): Redis down or hanging, no live worker, a full disk."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from image2model.runtime import Runtime
+from tests.conftest import make_settings, start_consumer_process
+from tests.engine_helpers import wait_until
+from tests.live_server import LiveServer
+from tests.netutil import free_port, stop_process, wait_for_port
+from tests.rest_helpers import assert_error, png, post_images
+
+OPEN = {"rate_limit_api": "off", "rate_limit_upload": "off"}
+
+
+def redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        print("SKIP: redis-server binary not found")
+        pytest.skip("redis-server binary not found")
+    return binary
+
+
+def start_redis(port: int, workdir: str) -> subprocess.Popen:
+    proc = subprocess.Popen([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "yes", "--dir", workdir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port)
+    return proc
+
+
+@pytest.fixture
+def own_redis():  # noqa: ANN201
+    """A Redis this test may stop, freeze and start again on the same port."""
+    port, workdir = free_port(), tempfile.mkdtemp(prefix="i2m-redis-outage-")
+    box = {"proc": start_redis(port, workdir), "port": port, "dir": workdir}
+    yield box
+    proc = box["proc"]
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
+    stop_process(proc)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("outage", ["down", "hanging"])
+def test_redis_down_or_hanging_gives_503_with_the_envelope(own_redis, tmp_path, outage) -> None:  # noqa: ANN001
+    settings = make_settings(tmp_path / "data", f"redis://127.0.0.1:{own_redis['port']}/0",
+                             embedded_worker=True, fal_key="", **OPEN)
+    server = LiveServer(Runtime(settings), free_port()).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            job_id = post_images(client, [("a.png", png())]).json()["job_id"]
+            assert client.get("/ready").status_code == 200
+            if outage == "down":
+                stop_process(own_redis["proc"])
+            else:
+                own_redis["proc"].send_signal(signal.SIGSTOP)
+            started = time.monotonic()
+            ready = client.get("/ready")
+            assert ready.status_code == 503 and time.monotonic() - started < 4
+            assert "job store is unreachable" in ready.json()["error"]["message"]
+            error = assert_error(client.get(f"/api/v1/status/tasks/{job_id}"), 503, "store_unavailable",
+                                 "not reachable")
+            assert error["details"] == {}
+            assert time.monotonic() - started < 15, "a hanging Redis held the requests"
+            if outage == "down":
+                own_redis["proc"] = start_redis(own_redis["port"], own_redis["dir"])
+            else:
+                own_redis["proc"].send_signal(signal.SIGCONT)
+            wait_until(lambda: client.get("/ready").status_code == 200, timeout=30, interval=0.5)
+            assert client.get(f"/api/v1/status/tasks/{job_id}").status_code == 200
+    finally:
+        server.stop()
+        server.runtime.close()
+
+
+def test_with_no_live_consumer_ready_and_the_job_say_so(redis_server, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    import redis
+
+    redis.Redis.from_url(redis_server).flushdb()
+    settings = make_settings(tmp_path / "data", redis_server, embedded_worker=False, **OPEN)
+    server = LiveServer(Runtime(settings), free_port()).start()
+    consumer: subprocess.Popen | None = None
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            ready = client.get("/ready")
+            assert ready.status_code == 503 and "no worker is running" in ready.json()["error"]["message"]
+            job_id = post_images(client, [("a.png", png())], model="fal-ai/trellis").json()["job_id"]
+            item = client.get(f"/api/v1/status/tasks/{job_id}").json()["items"][0]
+            assert item["state"] == "queued" and "no worker is running" in item["message"]
+            consumer = start_consumer_process(settings, fake_fal.base_url)
+            wait_until(lambda: client.get("/ready").status_code == 200, timeout=30, interval=0.3)
+            wait_until(lambda: client.get(f"/api/v1/status/tasks/{job_id}").json()["state"] == "succeeded",
+                       timeout=60, interval=0.3)
+    finally:
+        if consumer is not None:
+            stop_process(consumer)
+        server.stop()
+        server.runtime.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # noqa: ANN201
+    """A real 16 MB filesystem (tmpfs), so "disk full" is the kernel's ENOSPC, not a stand-in."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"SKIP: cannot mount a small tmpfs here ({done.stderr.strip()})")
+        pytest.skip("mounting a tmpfs needs root and mount rights")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def fill(directory: Path, leave_bytes: int = 0) -> Path:
+    """Fill a filesystem to the brim, but for `leave_bytes`."""
+    filler = directory / f"filler-{uuid.uuid4().hex}"
+    free = shutil.disk_usage(directory).free - leave_bytes
+    with open(filler, "wb") as out:
+        chunk = b"\0" * 1048576
+        try:
+            while free > 0:
+                out.write(chunk[: min(len(chunk), free)])
+                free -= len(chunk)
+            out.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_refuses_uploads_plainly_and_harms_nothing(live_server_factory, small_disk) -> None:  # noqa: ANN001
+    server = live_server_factory(data_dir=small_disk / "data", fal_key="", min_free_disk_mb=1, **OPEN)
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        first = post_images(client, [("before.png", png())])
+        assert first.status_code == 202, first.text
+        job_id = first.json()["job_id"]
+        wait_until(lambda: client.get(f"/api/v1/status/tasks/{job_id}").json()["state"] == "succeeded",
+                   timeout=60, interval=0.2)
+        filler = fill(small_disk)
+        big = [(f"p{n}.png", png(seed=n, size=(900, 700))) for n in range(3)]
+        refused = post_images(client, big)
+        error = assert_error(refused, 507, "disk_full", "disk is full")
+        assert "Nothing you sent before was lost" in error["message"]
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and "disk is (nearly) full" in ready.json()["error"]["message"]
+        # what was there before is untouched and still served
+        status = client.get(f"/api/v1/status/tasks/{job_id}").json()
+        glb = status["items"][0]["files"][0]["url"]
+        assert client.get(glb).status_code == 200
+        filler.unlink()
+        assert post_images(client, big).status_code == 202, "space came back but uploads stayed refused"
+
+
+def test_an_item_that_cannot_save_its_model_fails_with_disk_full(live_server_factory, small_disk) -> None:  # noqa: ANN001
+    server = live_server_factory(data_dir=small_disk / "data", fal_key="", min_free_disk_mb=0, **OPEN)
+    runtime = server.runtime
+    runtime.stop_consumer()  # so the disk fills between the upload and the model's save
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        job_id = post_images(client, [("photo.png", png(size=(1600, 1200)))]).json()["job_id"]
+        filler = fill(small_disk, leave_bytes=384 * 1024)  # room for the job store, not for a model
+        runtime.start_consumer()
+        wait_until(lambda: client.get(f"/api/v1/status/tasks/{job_id}").json()["state"] == "failed",
+                   timeout=60, interval=0.2)
+        item = client.get(f"/api/v1/status/tasks/{job_id}").json()["items"][0]
+        assert item["error"]["code"] == "disk_full" and "disk is full" in item["error"]["message"]
+        results = runtime.files.results_dir(job_id)
+        assert not results.exists() or not list(results.iterdir()), "a half-written model was left"
+        filler.unlink()
