@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from httpx_sse import connect_sse
 
 from image2model.runtime import Runtime
 from tests.conftest import make_settings, start_consumer_process
@@ -98,6 +100,9 @@ def test_with_no_live_consumer_ready_and_the_job_say_so(redis_server, fake_fal, 
             job_id = post_images(client, [("a.png", png())], model="fal-ai/trellis").json()["job_id"]
             item = client.get(f"/api/v1/status/tasks/{job_id}").json()["items"][0]
             assert item["state"] == "queued" and "no worker is running" in item["message"]
+            with connect_sse(client, "GET", f"/api/v1/status/tasks/{job_id}/stream") as source:
+                first = json.loads(next(source.iter_sse()).data)
+            assert "no worker is running" in first["items"][0]["message"], "the live stream hides it"
             consumer = start_consumer_process(settings, fake_fal.base_url)
             wait_until(lambda: client.get("/ready").status_code == 200, timeout=30, interval=0.3)
             wait_until(lambda: client.get(f"/api/v1/status/tasks/{job_id}").json()["state"] == "succeeded",

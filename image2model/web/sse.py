@@ -26,7 +26,7 @@ from typing import Any
 
 from image2model.errors import AppError
 from image2model.jobs.model import Job, JobState
-from image2model.jobs.service import JobService, job_status
+from image2model.jobs.service import JobService, Liveness, job_status
 
 TERMINAL_EVENTS = {
     JobState.SUCCEEDED: "completed",
@@ -46,8 +46,8 @@ class Snapshot:
     visible: dict[str, Any]  # the status without the version: what a client can tell apart
 
     @classmethod
-    def of(cls, job: Job) -> Snapshot:
-        status = job_status(job)
+    def of(cls, job: Job, live: Liveness = Liveness()) -> Snapshot:
+        status = job_status(job, live)
         data = json.dumps(status, separators=(",", ":"))
         status.pop("version")
         return cls(job, data, status)
@@ -120,9 +120,9 @@ class Watchers:
     async def watch(self, job: Job) -> AsyncIterator[JobWatch]:
         watch = self._watches.get(job.id)
         if watch is None:
-            watch = self._watches[job.id] = JobWatch(job.id, Snapshot.of(job))
+            watch = self._watches[job.id] = JobWatch(job.id, Snapshot.of(job, self.service.liveness(job)))
         else:
-            watch.publish(Snapshot.of(job))
+            watch.publish(Snapshot.of(job, self.service.liveness(job)))
         watch.streams += 1
         if (watch.task is None or watch.task.done()) and not watch.over:
             watch.task = asyncio.create_task(self._follow(watch), name=f"sse-watch:{job.id}")
@@ -155,7 +155,8 @@ class Watchers:
 
     def _read(self, job_id: str) -> Snapshot | None:
         try:
-            return Snapshot.of(self.service.get(job_id))
+            job = self.service.get(job_id)
+            return Snapshot.of(job, self.service.liveness(job))
         except AppError:  # deleted or expired
             return None
 
