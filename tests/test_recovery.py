@@ -179,17 +179,21 @@ def test_a_hung_fal_status_call_cannot_hold_an_item_past_cancel_or_deadline(runt
 
 
 def test_a_cancelled_offline_item_never_ends_succeeded(runtime_factory, tmp_path) -> None:  # noqa: ANN001
-    runtime = runtime_factory(fal_key="", workers=4)
-    big = [make_image(tmp_path / f"big{n}.png", seed=n, size=(3000, 2400)) for n in range(4)]
+    """Ordinary photos take a fraction of a second: a cancel that lands while one runs must
+    still win over its success."""
     from image2model.jobs.service import Upload
-    for round_ in range(3):
-        job = runtime.service.create_job([Upload(p.name, p) for p in big], model="local/relief")
+
+    runtime = runtime_factory(fal_key="", workers=4)
+    photos = [make_image(tmp_path / f"photo{n}.png", seed=n, size=(640, 480)) for n in range(6)]
+    raced = 0
+    for round_ in range(6):
+        job = runtime.service.create_job([Upload(p.name, p) for p in photos], model="local/relief")
         wait_until(lambda: any(i.state == ItemState.RUNNING for i in runtime.service.get(job.id).items),
-                   timeout=30, interval=0.01)
+                   timeout=30, interval=0.002)
         cancelled_at = time.time()
         runtime.service.cancel(job.id)
         done = wait_done(runtime.service, job.id, timeout=30)
-        assert done.state == JobState.CANCELLED
+        raced += sum(1 for i in done.items if i.state == ItemState.CANCELLED and i.started_at)
         late = [i for i in done.items if i.state == ItemState.SUCCEEDED and i.finished_at >= cancelled_at]
         assert not late, f"round {round_}: items finished as succeeded after the cancel"
         # (how fast: bench/bench_recovery.py measures it; here only that it is not ignored)
@@ -198,6 +202,7 @@ def test_a_cancelled_offline_item_never_ends_succeeded(runtime_factory, tmp_path
         kept = {i.model_file.name for i in done.items if i.model_file}
         leftovers = {p.name for p in results.iterdir()} - kept if results.is_dir() else set()
         assert not leftovers, f"cancelled items left files: {leftovers}"
+    assert raced, "no cancel ever met a running item: the test proved nothing"
 
 
 def persistent_redis(port: int, workdir: str) -> subprocess.Popen:
@@ -252,12 +257,14 @@ def test_every_consumer_process_says_it_is_alive(runtime_factory) -> None:  # no
     assert first.store.alive_processes(time.time()) == {}, "a clean stop says goodbye"
 
 
-def test_startup_cleanup_runs_in_every_process(runtime_factory, tmp_path) -> None:  # noqa: ANN001
-    runtime = runtime_factory(start_consumer=False, fal_key="")
+def test_a_starting_process_cleans_up_expired_jobs_at_once(runtime_factory, tmp_path) -> None:  # noqa: ANN001
+    runtime = runtime_factory(start_consumer=False, fal_key="", retention_hours=0.0002)  # 0.72 s
     job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="local/relief")
-    wait_until(lambda: job.id in runtime.files.job_ids())
-    runtime.runner.cleanup(time.time() + runtime.settings.retention_seconds + 1)
-    assert runtime.store.get(job.id) is None and job.id not in runtime.files.job_ids()
+    assert job.id in runtime.files.job_ids()
+    time.sleep(1.0)  # expired, and no process was running to clean it
+    runtime.start_consumer()
+    assert job.id not in runtime.files.job_ids(), "an expired job's files waited for a periodic task"
+    assert job.id not in runtime.store.all_job_ids()
 
 
 def test_a_half_written_download_left_by_a_killed_worker_is_removed_at_start(runtime_factory, tmp_path) -> None:  # noqa: ANN001
