@@ -164,6 +164,13 @@ class FileStore:
     def job_ids(self) -> list[str]:
         return [p.name for p in self.root.iterdir() if p.is_dir() and JOB_ID.match(p.name)]
 
+    def free_mb(self) -> float:
+        """Free space where the files live (0 when it cannot be read)."""
+        try:
+            return shutil.disk_usage(self.root).free / 1048576
+        except OSError:
+            return 0.0
+
     def usable(self) -> bool:
         try:
             with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-"):

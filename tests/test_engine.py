@@ -3,7 +3,6 @@ in both the embedded (SQLite) and Redis modes."""
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import time
 from pathlib import Path

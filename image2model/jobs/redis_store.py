@@ -21,9 +21,11 @@ from typing import Any
 import redis
 
 from image2model.jobs.model import Item, ItemState, Job
+from image2model.outage import OutageLog
 from image2model.jobs.store import DELETED_VERSION, JobStore, StoreUnavailable, blend_duration, jsonable
 
 log = logging.getLogger(__name__)
+listener_outage = OutageLog(log, "change events (Redis)")
 
 PREFIX = "i2m:"
 CHANNEL = PREFIX + "changes"
@@ -343,6 +345,7 @@ class RedisJobStore(JobStore):
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(CHANNEL)
+                listener_outage.ok()
                 # Wake everyone once after (re)subscribing: events may have been missed.
                 for job_id in self.changes.watched_jobs():
                     version = self.version(job_id)
@@ -356,7 +359,7 @@ class RedisJobStore(JobStore):
             except (redis.RedisError, OSError, ValueError, StoreUnavailable) as exc:
                 if self._closed.is_set():
                     return
-                log.warning("change listener lost Redis, reconnecting: %s", exc)
+                listener_outage.failed(exc)
                 time.sleep(1.0)
             finally:
                 try:

@@ -169,11 +169,7 @@ class JobService:
 
     def _check_disk(self) -> None:
         """Refuse new work before the disk is full, so running items can still save theirs."""
-        try:
-            free_mb = shutil.disk_usage(self.files.root).free / 1048576
-        except OSError:
-            return
-        if free_mb < self.settings.min_free_disk_mb:
+        if self.files.free_mb() < self.settings.min_free_disk_mb:
             raise disk_full_error()
 
     def _reserve_spending(self, count: int) -> None:
@@ -253,8 +249,11 @@ class JobService:
     def liveness(self, job: Job) -> Liveness:
         if job.state.terminal:
             return Liveness()
-        silent_after = SILENT_AFTER_BEATS * self.settings.heartbeat_seconds
-        return Liveness(self.workers_alive(), time.time() - silent_after)
+        return Liveness(self.workers_alive(), time.time() - self._silent_after)
+
+    @property
+    def _silent_after(self) -> float:
+        return SILENT_AFTER_BEATS * self.settings.heartbeat_seconds
 
     def _fresh_until(self, job: Job, live: Liveness) -> float:
         """When a cached status of this job stops being true without a new version: a worker
@@ -262,8 +261,7 @@ class JobService:
         if job.state.terminal:
             return float("inf")
         until = time.time() + LIVENESS_CACHE_SECONDS
-        silent_after = SILENT_AFTER_BEATS * self.settings.heartbeat_seconds
-        beats = [i.heartbeat_at + silent_after for i in job.items
+        beats = [i.heartbeat_at + self._silent_after for i in job.items
                  if i.state == ItemState.RUNNING and i.heartbeat_at and i.heartbeat_at >= live.silent_before]
         return min([until, *beats])
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -323,7 +322,7 @@ def _health_routes(app: FastAPI, api: Api) -> None:
                   "queue": store_ok if runtime.settings.use_redis else _safely(
                       lambda: runtime.huey.pending_count() >= 0),
                   "files": _safely(runtime.files.usable)}
-        free_mb = _free_mb(runtime)
+        free_mb = runtime.files.free_mb()
         checks["disk"] = free_mb >= runtime.settings.min_free_disk_mb
         workers = _live_workers(runtime) if store_ok else 0
         checks["workers"] = workers > 0
@@ -347,12 +346,6 @@ def _live_workers(runtime: Runtime) -> int:
     except Exception:  # noqa: BLE001 - counted as none; the store check says why
         return 0
 
-
-def _free_mb(runtime: Runtime) -> float:
-    try:
-        return shutil.disk_usage(runtime.files.root).free / 1048576
-    except OSError:
-        return 0.0
 
 
 def _safely(check: Callable[[], object]) -> bool:

@@ -18,7 +18,7 @@ import time
 from image2model.config import Settings
 from image2model.jobs.store import JobStore, StoreUnavailable
 from image2model.worker.liveness import process_id
-from image2model.worker.outage import store_outage
+from image2model.outage import store_outage
 from image2model.worker.runner import ItemRunner
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ class Housekeeper:
             self.store.mark_alive(self.process, now, self.settings.worker_ttl_seconds, {
                 "host": socket.gethostname(), "pid": os.getpid(), "workers": self.workers,
                 "started_at": self._started_at})
-            if store_outage.ok() or self._reap_from < 0:
+            store_outage.ok()
+            if self._reap_from < 0:
                 # Everyone's heartbeats and liveness stopped during the outage, not their work:
                 # reap only once live workers have had a round to say so again.
                 self._reap_from = now + self.settings.worker_ttl_seconds + self.settings.reap_seconds

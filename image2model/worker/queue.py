@@ -19,8 +19,10 @@ from huey.storage import RedisStorage, SqliteStorage
 
 from image2model.config import Settings
 from image2model.jobs.redis_store import CONNECT_TIMEOUT_SECONDS, OUTAGE_ERRORS, SOCKET_TIMEOUT_SECONDS
+from image2model.outage import OutageLog
 
 log = logging.getLogger(__name__)
+queue_outage = OutageLog(log, "work queue")
 
 QUEUE_NAME = "image2model"
 RUN_ITEM_TASK = "image2model.run_item"
@@ -57,24 +59,14 @@ class PatientRedisStorage(RedisStorage):
     """While Redis is down, every worker thread waits quietly and the consumer logs one line
     per outage (huey itself logs a traceback per thread per try: 1,300 lines for a minute)."""
 
-    _outage_lock = threading.Lock()
-    _in_outage = False
-
     def _quietly(self, call, empty):  # noqa: ANN001, ANN202
         try:
             result = call()
         except OUTAGE_ERRORS as exc:
-            with self._outage_lock:
-                first, PatientRedisStorage._in_outage = not self._in_outage, True
-            if first:
-                log.warning("queue unreachable, waiting for Redis: %s", exc)
+            queue_outage.failed(exc)
             time.sleep(OUTAGE_PAUSE_SECONDS)
             return empty
-        if self._in_outage:
-            with self._outage_lock:
-                back, PatientRedisStorage._in_outage = self._in_outage, False
-            if back:
-                log.info("queue reachable again")
+        queue_outage.ok()
         return result
 
     def dequeue(self):  # noqa: ANN201

@@ -25,7 +25,7 @@ from image2model.providers.base import ItemCancelled, ItemFailed, Provider
 from image2model.providers.catalog import ModelSpec, catalog
 from image2model.storage import FileStore
 from image2model.worker.liveness import known_dead, owner_process, pid_gone, worker_name
-from image2model.worker.outage import store_outage
+from image2model.outage import store_outage
 
 log = logging.getLogger(__name__)
 
@@ -237,12 +237,9 @@ class ItemRunner:
             self._discard_results(run)
             self._finish(job.id, item.index, worker, ItemState.CANCELLED, "Cancelled")
             log.info("item cancelled", extra=ctx)
-        except ItemFailed as exc:
+        except (ItemFailed, AppError) as exc:
             if exc.code == "deadline_exceeded":
                 self._stop_remote(provider, run)
-            self._discard_results(run)
-            self._fail(job.id, item.index, worker, exc.code, exc.message)
-        except AppError as exc:
             self._discard_results(run)
             self._fail(job.id, item.index, worker, exc.code, exc.message)
         except StoreUnavailable as exc:  # the store stayed down: the reaper resumes the item later

@@ -31,4 +31,4 @@ class OutageLog:
         return ended
 
 
-store_outage = OutageLog(logging.getLogger("image2model.worker"), "job store")
+store_outage = OutageLog(logging.getLogger("image2model.worker"), "job store")  # workers' writes
