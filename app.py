@@ -21,6 +21,7 @@ from image2model.logs import setup_logging
 from image2model.memory import limit_malloc_arenas
 from image2model.runtime import Runtime, get_runtime
 from image2model.web.api import build_api
+from image2model.web.mcp_tools import LoopbackToSelf, repair_mcp_server
 from image2model.web.ui import UI_CSS, UI_HEAD, UI_THEME, build_ui
 
 log = logging.getLogger("image2model.app")
@@ -34,8 +35,9 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if settings.run_embedded_worker:
             runtime.start_consumer()
-        log.info("image2model ready: data_dir=%s queue=%s fal=%s", settings.data_dir,
-                 "redis" if settings.use_redis else "sqlite", "configured" if settings.fal_configured else "off")
+        log.info("image2model ready: data_dir=%s queue=%s fal=%s mcp=%s", settings.data_dir,
+                 "redis" if settings.use_redis else "sqlite", "configured" if settings.fal_configured else "off",
+                 "/gradio_api/mcp/" if settings.mcp_enabled else "off")
         try:
             yield
         finally:
@@ -46,14 +48,19 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     build_api(app, runtime)
     blocks = build_ui(runtime)
     quiet_gradio_queue(blocks)
-    return gr.mount_gradio_app(
+    gr.mount_gradio_app(
         app, blocks, path="/",
         allowed_paths=[str(runtime.files.root)],
         max_file_size=int(settings.max_image_mb * 1024 * 1024),
         theme=UI_THEME, css=UI_CSS, head=UI_HEAD,
         footer_links=["api"],
         show_error=True,
+        mcp_server=settings.mcp_enabled,  # tools for AI agents at /gradio_api/mcp/
     )
+    if settings.mcp_enabled:
+        repair_mcp_server(blocks, settings.max_images)
+        app.add_middleware(LoopbackToSelf, blocks=blocks)
+    return app
 
 
 GRADIO_IDLE_SLEEP = 0.01

@@ -64,7 +64,7 @@ def via_sse(app: AppProcess, store, image: Path, count: int) -> list[float]:  # 
         try:
             for event in source.iter_sse():
                 now = time.perf_counter()
-                if event.data:  # skip a block that only carries retry: or an id
+                if event.event == "progress" and event.data:  # ours; not file_update or task_progress
                     for message in markers(json.loads(event.data)):
                         got.setdefault(int(message[len(MARK):]), now)
                 if len(got) >= count or not writer.is_alive() and len(sent) == count and len(got) >= count:

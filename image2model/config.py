@@ -93,8 +93,17 @@ class Settings(BaseSettings):
     rate_limit_upload: str = "10/minute"  # job creation, on top of rate_limit_api; "off" = none
     trusted_proxies: str = ""  # IPs/CIDRs whose X-Forwarded-For is believed, e.g. "10.0.0.0/8"
     cors_origins: str = ""  # origins allowed to call the API from a browser; "*" = any
+    # Job tokens: a job's read access (status, stream, downloads) that a browser can put in a
+    # URL (`?token=`) where it cannot send a key, e.g. an EventSource. Good for this long.
+    job_token_seconds: float = Field(default=3600.0, gt=0)
+    # Seals users' own FAL keys at rest and signs job tokens; the same on every machine.
+    # Empty: one is made at first start and kept in the job store (SQLite or Redis).
+    secret_key: str = Field(default="", repr=False)
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
     sse_retry_ms: int = Field(default=3000, ge=0)
+    # MCP server for AI agents at /gradio_api/mcp/. None: on without a FAL key (the offline
+    # model costs nothing), off with one, because every call an agent makes spends money.
+    mcp_server: bool | None = None
 
     @field_validator("rate_limit_api", "rate_limit_upload")
     @classmethod
@@ -137,6 +146,12 @@ class Settings(BaseSettings):
     @property
     def fal_configured(self) -> bool:
         return bool(self.fal_key.strip())
+
+    @property
+    def mcp_enabled(self) -> bool:
+        if self.mcp_server is None:
+            return not self.fal_configured
+        return self.mcp_server
 
     @property
     def retention_seconds(self) -> float:

@@ -16,6 +16,7 @@ from image2model.config import Settings, get_settings
 from image2model.jobs.service import JobService
 from image2model.jobs.store import JobStore
 from image2model.providers.base import Provider
+from image2model.sealing import Sealer, server_secret
 from image2model.storage import FileStore
 from image2model.worker.consumer import InProcessConsumer, start_embedded_consumer, stop_embedded_consumer
 from image2model.worker.housekeeping import Housekeeper
@@ -51,7 +52,8 @@ class Runtime:
         self.files = FileStore(settings.data_dir)
         self.huey: Huey = make_huey(settings)
         self.runner = ItemRunner(self.store, self.files, settings, make_providers(settings), self.enqueue,
-                                 pending_tasks=lambda: pending_item_tasks(self.huey))
+                                 pending_tasks=lambda: pending_item_tasks(self.huey),
+                                 open_key=lambda sealed: self.sealer.open(sealed))
         self.tasks: Tasks = register_tasks(self.huey, self.runner)
         self.consumer: InProcessConsumer | None = None
         self.housekeeper: Housekeeper | None = None
@@ -61,8 +63,18 @@ class Runtime:
         self.tasks.run_item(job_id, index)
 
     @cached_property
+    def secret(self) -> bytes:
+        """SECRET_KEY, or the deployment's stored secret (made on first use)."""
+        return server_secret(self.settings, self.store)
+
+    @cached_property
+    def sealer(self) -> Sealer:
+        return Sealer(self.secret)
+
+    @cached_property
     def service(self) -> JobService:
-        return JobService(self.store, self.files, self.settings, self.enqueue)
+        return JobService(self.store, self.files, self.settings, self.enqueue,
+                          seal=lambda key: self.sealer.seal(key))
 
     def start_consumer(self, workers: int | None = None) -> None:
         if self.consumer is None:

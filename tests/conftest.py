@@ -17,6 +17,23 @@ from tests.fakefal import FakeFal, patch_fal_client
 from tests.netutil import free_port, private_redis_server, wait_for_port  # noqa: F401 - re-exported
 
 ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--enable-unsafe-swiftshader"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's chromium driven by Playwright (a browser download cannot work here)."""
+    if not CHROMIUM.exists():
+        print(f"SKIP: {CHROMIUM} not found (apt-get install chromium); browser tests are skipped")
+        pytest.skip(f"{CHROMIUM} not found")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        yield launched
+        launched.close()
 
 
 @pytest.fixture(scope="session")

@@ -578,6 +578,8 @@ class FakeFal:
             self.status_polls = 0
             self.status_streams = 0
             self.requests_log: list[tuple[str, str]] = []
+            self.keys_used: list[tuple[str, str, str]] = []  # (method, path, the Key header's secret)
+            self.rejected_keys: set[str] = set()  # keys answered 401, as FAL answers an unknown key
             self.cancelled: list[str] = []
             self.cancel_calls: list[str] = []
             self.history_calls = 0
@@ -741,13 +743,16 @@ class FakeFal:
         split = urlsplit(h.path)
         path, query = split.path, parse_qs(split.query)
         method = h.command
+        key = _presented_key(h)
         with self._lock:
             self.requests_log.append((method, path))
+            if key:
+                self.keys_used.append((method, path, key))
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
         reply = _Reply(h)
         try:
-            if path.startswith(("/queue/", "/run/", "/rest/", "/v1/")) and not _has_key_auth(h):
+            if path.startswith(("/queue/", "/run/", "/rest/", "/v1/")) and (not key or key in self.rejected_keys):
                 return reply.error(401)
             if path == "/v1/models/requests/by-endpoint" and method == "GET":
                 return self._handle_history(reply, query)
@@ -1135,10 +1140,10 @@ def _wants_logs(query: dict[str, list[str]]) -> bool:
     return (query.get("logs") or ["0"])[0].lower() in ("1", "true", "yes")
 
 
-def _has_key_auth(h: BaseHTTPRequestHandler) -> bool:
-    """FAL API calls need ``Authorization: Key <id:secret>``."""
+def _presented_key(h: BaseHTTPRequestHandler) -> str:
+    """FAL API calls need ``Authorization: Key <id:secret>``; the secret, or "" without one."""
     scheme, _, secret = (h.headers.get("Authorization") or "").partition(" ")
-    return scheme == "Key" and bool(secret.strip())
+    return secret.strip() if scheme == "Key" else ""
 
 
 def _parse_json_object(body: bytes) -> dict[str, Any] | None:

@@ -54,7 +54,8 @@ def assert_error(response: httpx.Response, status: int, code: str, *fragments: s
     assert response.status_code == status, (response.status_code, response.text[:500])
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}, body
+    assert set(body) == {"detail", "error"} and set(body["error"]) == {"code", "message", "details"}, body
+    assert body["detail"] == body["error"]["message"], body  # plain text, for clients that show `detail`
     assert body["error"]["code"] == code, body
     for fragment in fragments:
         assert fragment in body["error"]["message"], (fragment, body)

@@ -23,26 +23,14 @@ from image2model.examples import EXAMPLES_DIR
 from image2model.jobs.model import JobState
 from tests.engine_helpers import load_glb, wait_done
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "browser"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--enable-unsafe-swiftshader"]
 SQLITE = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 DUCK, MUG = str(EXAMPLES_DIR / "duck.png"), str(EXAMPLES_DIR / "mug.png")
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        print(f"SKIP: {CHROMIUM} not found (apt-get install chromium); browser tests are skipped")
-        pytest.skip(f"{CHROMIUM} not found")
-    from playwright.sync_api import sync_playwright
-
+@pytest.fixture(autouse=True, scope="module")
+def artifacts_dir() -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture
@@ -410,3 +398,36 @@ def test_a_double_click_on_generate_makes_one_job_and_the_page_follows_it(
             shot(page, f"27-double-click-round-{round_}")
         assert sorted(server.runtime.store.all_job_ids()) == sorted(jobs), "a double click made a second job"
     assert len(fake_fal.submits) == 3
+
+
+@SQLITE
+def test_a_pasted_fal_key_offers_the_fal_models_and_pays_for_the_job(  # noqa: ANN001
+        fake_fal, live_server_factory, open_page, backend) -> None:
+    from tests.test_own_fal_key import OWN_KEY, calls_with
+
+    server = live_server_factory(fal_key="")  # this server pays for nothing
+    page = open_page(server)
+    page.click("#model input")
+    offered = page.locator("ul.option-list").inner_text()
+    page.keyboard.press("Escape")
+    assert "TRELLIS" not in offered and "Offline preview" in offered
+    page.click("#own-key-box")
+    field = page.locator("#own-key input")
+    field.wait_for()
+    assert field.get_attribute("type") == "password"
+    field.fill(OWN_KEY)
+    choose_model(page, "Microsoft TRELLIS", "Microsoft TRELLIS")
+    page.set_input_files("#images input[type=file]", [DUCK])
+    wait_for(page, lambda: page.locator("#thumbs img").count() == 1, 15, "a thumbnail")
+    shot(page, "own-key-1-pasted")
+    page.click("#generate")
+    wait_states(page, {"Done"}, 1)
+    shot(page, "own-key-2-done")
+    job = server.runtime.service.get(job_id_in_url(page))
+    assert job.model == "fal-ai/trellis" and job.own_fal_key and job.state == JobState.SUCCEEDED
+    assert calls_with(fake_fal, OWN_KEY), "the job did not run on the pasted key"
+    wait_for(page, lambda: server.runtime.store.job_key(job.id) is None, 5, "the key to be dropped")
+    # the key is in the password box the person typed it in, and nowhere else on the page
+    html = page.content()
+    assert OWN_KEY not in html and OWN_KEY not in page.locator("#items").inner_text()
+    assert OWN_KEY not in page.request.get(server.url + "/").text()

@@ -101,7 +101,7 @@ def test_with_no_live_consumer_ready_and_the_job_say_so(redis_server, fake_fal, 
             item = client.get(f"/api/v1/status/tasks/{job_id}").json()["items"][0]
             assert item["state"] == "queued" and "no worker is running" in item["message"]
             with connect_sse(client, "GET", f"/api/v1/status/tasks/{job_id}/stream") as source:
-                first = json.loads(next(source.iter_sse()).data)
+                first = json.loads(next(e for e in source.iter_sse() if e.event == "progress").data)
             assert "no worker is running" in first["items"][0]["message"], "the live stream hides it"
             consumer = start_consumer_process(settings, fake_fal.base_url)
             wait_until(lambda: client.get("/ready").status_code == 200, timeout=30, interval=0.3)

@@ -233,7 +233,6 @@ def test_form_fields_are_validated_with_clear_messages(server, client) -> None: 
     assert_error(post_images(client, image, params="[" * 50_000), 422, "invalid_parameter")
     assert_error(post_images(client, image, params='{"inflation": 99}'), 422, "invalid_parameter", "'inflation'")
     assert_error(post_images(client, image, params='{"colour": 1}'), 422, "unknown_parameter", "'colour'")
-    assert_error(post_images(client, image, face_limit="5000"), 422, "unknown_parameter", "'face_limit'")
     assert_error(post_images(client, image, model="no/such-model"), 422, "unknown_model", "no/such-model")
     assert_error(post_images(client, image, model="fal-ai/trellis"), 422, "model_unavailable", "FAL_KEY")
     assert_error(post_images(client, image, mode="sideways"), 422, "invalid_mode", "sideways")
@@ -241,13 +240,25 @@ def test_form_fields_are_validated_with_clear_messages(server, client) -> None: 
     assert_nothing_queued(server.runtime)
 
 
-def test_legacy_face_limit_field_reaches_tripo_params(live_server_factory, fake_fal) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("model, face_limit, sent, note", [
+    ("tripo3d/tripo/v2.5/image-to-3d", "5000", {"face_limit": 5000}, "face_limit 5000 was sent as face_limit=5000."),
+    ("fal-ai/hunyuan3d-v3/image-to-3d", "5000", {"face_count": 40000}, "sent as face_count=40000, the nearest"),
+    ("fal-ai/trellis-2", "1" + "0" * 400, {"decimation_target": 2000000}, "the value was sent as decimation_target"),
+    ("fal-ai/trellis", "5000", {}, "face_limit was ignored: TRELLIS has no face-count parameter"),
+    ("local/relief", "5000", {}, "face_limit was ignored"),
+])
+def test_legacy_face_limit_field_goes_to_the_models_own_face_parameter(  # noqa: ANN001
+        live_server_factory, fake_fal, model: str, face_limit: str, sent: dict, note: str) -> None:
+    """The original frontend sends face_limit whatever the model: mapped, or ignored with a note."""
     server = live_server_factory(**OPEN_LIMITS)
     with httpx.Client(base_url=server.url, timeout=30) as client:
-        response = post_images(client, [("a.png", png())], model="tripo3d/tripo/v2.5/image-to-3d",
-                               face_limit="5000")
+        response = post_images(client, [("a.png", png())], model=model, face_limit=face_limit)
     assert response.status_code == 202, response.text
-    assert server.runtime.service.get(response.json()["job_id"]).params["face_limit"] == 5000
+    body = response.json()
+    assert len(body["notes"]) == 1 and note in body["notes"][0], body["notes"]
+    params = server.runtime.service.get(body["job_id"]).params
+    assert {k: params[k] for k in sent} == sent
+    assert "face_limit" not in params or model.startswith("tripo3d")
 
 
 def test_openapi_documents_every_route_with_response_models(client) -> None:  # noqa: ANN001
@@ -257,7 +268,7 @@ def test_openapi_documents_every_route_with_response_models(client) -> None:  # 
         ("get", "/api/v1/status/tasks/{task_id}/stream"), ("post", "/api/v1/jobs/{job_id}/cancel"),
         ("delete", "/api/v1/jobs/{job_id}"), ("get", "/api/v1/download/{job_id}/all"),
         ("get", "/api/v1/download/{job_id}/all.zip"), ("get", "/api/v1/download/{job_id}/{filename}"),
-        ("get", "/api/v1/models"), ("get", "/health"), ("get", "/ready"),
+        ("get", "/api/v1/models"), ("get", "/health"), ("get", "/ready"), ("get", "/api/v1/health/"),
     }
     found = {(method, path) for path, ops in spec["paths"].items() for method in ops}
     assert found == expected

@@ -95,7 +95,8 @@ def test_the_api_lists_exactly_four_endpoints_and_the_catalog(
     assert set(api["named_endpoints"]) == ENDPOINTS
     assert api["unnamed_endpoints"] == {}
     generate = api["named_endpoints"]["/generate"]
-    assert [p["parameter_name"] for p in generate["parameters"]] == ["images", "model", "mode", "options"]
+    assert [p["parameter_name"] for p in generate["parameters"]] == ["images", "model", "mode", "options", "fal_key"]
+    assert generate["parameters"][-1]["parameter_has_default"], "callers that send no key must keep working"
     models = {m["id"]: m for m in client.predict(api_name="/models")}
     assert models == {m["id"]: m for m in server.runtime.service.models()}
     assert models["local/relief"]["available"] and models["local/relief"]["default"]

@@ -117,6 +117,7 @@ class Job:
     params: dict[str, Any]
     items: list[Item]
     owner: str = ""  # who created it (an API key's id); empty for open access
+    own_fal_key: bool = False  # runs on a key the person gave (kept sealed apart, until the job ends)
     created_at: float = field(default_factory=time.time)
     cancel_requested: bool = False
     version: int = 0  # bumped on every change; readers wait for it to move

@@ -3,7 +3,8 @@
 Keys (all under `i2m:`): `job:<id>` (meta JSON + version), `items:<id>` (index -> item JSON),
 `running` and `queued` (sets of "<id>|<index>" for the reaper), `created` (a sorted set for
 cleanup), `workers` (a sorted set of live worker processes by expiry), `durations`,
-`reservations`. Every client has socket timeouts, and a Redis that is down or hanging
+`reservations`, `secret` (the server secret when SECRET_KEY is unset), `fal-key:<id>` (a
+user's sealed FAL key, until the job ends). Every client has socket timeouts, and a Redis that is down or hanging
 surfaces as `StoreUnavailable`. Item updates run as one Lua script, so the compare-and-set,
 the version bump and the change event are a single atomic step.
 """
@@ -33,6 +34,7 @@ RUNNING = PREFIX + "running"
 QUEUED = PREFIX + "queued"
 WORKERS = PREFIX + "workers"
 WORKER_INFO = PREFIX + "worker-info"
+SECRET = PREFIX + "secret"
 
 # A Redis that hangs must not hang a request or a worker: every call gives up after this.
 SOCKET_TIMEOUT_SECONDS = 5.0
@@ -237,7 +239,7 @@ class RedisJobStore(JobStore):
     def delete(self, job_id: str) -> None:
         items = self.redis.hkeys(self._items_key(job_id))
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self._job_key(job_id), self._items_key(job_id))
+        pipe.delete(self._job_key(job_id), self._items_key(job_id), self._fal_key_key(job_id))
         pipe.zrem(PREFIX + "created", job_id)
         if items:
             members = [f"{job_id}|{i}" for i in items]
@@ -320,6 +322,24 @@ class RedisJobStore(JobStore):
     def images_reserved(self, window_seconds: float, now: float) -> int:
         members = self.redis.zrangebyscore(PREFIX + "reservations", now - window_seconds, "+inf")
         return sum(int(m.rsplit(":", 1)[1]) for m in members)
+
+    def shared_secret(self, candidate: str) -> str:
+        self.redis.set(SECRET, candidate, nx=True)
+        return str(self.redis.get(SECRET))
+
+    @staticmethod
+    def _fal_key_key(job_id: str) -> str:
+        return f"{PREFIX}fal-key:{job_id}"
+
+    def put_job_key(self, job_id: str, sealed: str) -> None:
+        self.redis.set(self._fal_key_key(job_id), sealed, ex=self._ttl)
+
+    def job_key(self, job_id: str) -> str | None:
+        value = self.redis.get(self._fal_key_key(job_id))
+        return None if value is None else str(value)
+
+    def drop_job_key(self, job_id: str) -> None:
+        self.redis.delete(self._fal_key_key(job_id))
 
     def ping(self) -> bool:
         try:

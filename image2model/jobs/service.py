@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import threading
 import time
@@ -18,10 +19,10 @@ from typing import Any
 from image2model.config import Settings
 from image2model.errors import AppError, disk_full_error, is_disk_full
 from image2model.jobs.model import Item, ItemState, Job, Mode
-from image2model.jobs.store import JobStore
+from image2model.jobs.store import JobStore, forget_key_when_over
 from image2model.media.images import inspect_image
 from image2model.media.polyglot import check_single_format
-from image2model.providers.catalog import availability, catalog, get_model
+from image2model.providers.catalog import ModelSpec, availability, catalog, get_model
 from image2model.storage import FileStore, safe_name, unique_stems
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,12 @@ class Upload:
 
 class JobService:
     def __init__(self, store: JobStore, files: FileStore, settings: Settings,
-                 enqueue: Callable[[str, int], None]):
+                 enqueue: Callable[[str, int], None], seal: Callable[[str], str] | None = None):
         self.store = store
         self.files = files
         self.settings = settings
         self.enqueue = enqueue
+        self.seal = seal  # seals a person's own FAL key before it is stored (image2model/sealing.py)
         # job id -> (version, fresh until (wall clock), owner, body)
         self._status_cache: OrderedDict[str, tuple[int, float, str, bytes]] = OrderedDict()
         self._status_lock = threading.Lock()
@@ -64,10 +66,15 @@ class JobService:
 
     # --- create ---------------------------------------------------------------------------
     def create_job(self, uploads: Sequence[Upload], model: str | None = None, mode: str | None = None,
-                   params: dict[str, Any] | None = None, owner: str = "") -> Job:
-        """Validate everything, then store and queue. Nothing is queued unless all is well."""
+                   params: dict[str, Any] | None = None, owner: str = "", fal_key: str | None = None) -> Job:
+        """Validate everything, then store and queue. Nothing is queued unless all is well.
+        `fal_key`: the person's own FAL key; their FAL job runs on it alone and is not counted
+        by this server's spending guard (the offline model needs none, so it is not kept)."""
         self._check_count(len(uploads))
-        spec = get_model(model, self.settings.fal_configured, self.settings.default_model)
+        own_key = check_fal_key(fal_key)
+        spec = self.model_spec(model, own_key=bool(own_key))
+        if spec.provider != "fal":
+            own_key = ""
         job_mode = self._parse_mode(mode, spec.modes)
         if job_mode == Mode.MULTI_VIEW and not spec.min_views <= len(uploads) <= spec.max_views:
             raise AppError(
@@ -84,7 +91,7 @@ class JobService:
         for upload, name in zip(uploads, names):
             self._check_file(upload.path, name)
         self._check_disk()
-        if spec.provider == "fal":
+        if spec.provider == "fal" and not own_key:
             self._reserve_spending(len(uploads))
 
         job_id = uuid.uuid4().hex
@@ -96,7 +103,12 @@ class JobService:
                 raise disk_full_error() from exc
             raise
         items = self._make_items(job_mode, names, stored)
-        job = Job(id=job_id, model=spec.id, mode=job_mode, params=resolved, items=items, owner=owner)
+        job = Job(id=job_id, model=spec.id, mode=job_mode, params=resolved, items=items, owner=owner,
+                  own_fal_key=bool(own_key))
+        if own_key:
+            if self.seal is None:
+                raise AppError("own_key_unsupported", "This server cannot take your own FAL key.", 422)
+            self.store.put_job_key(job_id, self.seal(own_key))  # before the job: no worker sees it keyless
         self.store.create(job)
         log.info("job created: %d images, %d items", len(uploads), len(items),
                  extra={"job_id": job_id, "model": spec.id})
@@ -109,6 +121,11 @@ class JobService:
                 raise AppError("queue_unavailable", "The work queue is not reachable right now; "
                                "please try again in a minute.", 503) from exc
         return job
+
+    def model_spec(self, model: str | None, own_key: bool = False) -> ModelSpec:
+        """The model a job would run (the default when none is named), or AppError saying why
+        not. With the person's own FAL key, FAL models are there even if this server has none."""
+        return get_model(model, self.settings.fal_configured or own_key, self.settings.default_model)
 
     def upload_problems(self, uploads: Sequence[Upload]) -> list[str]:
         """What create_job would refuse about these files, each said once, without creating
@@ -222,6 +239,7 @@ class JobService:
                                        {"state": ItemState.CANCELLED, "message": "Cancelled",
                                         "finished_at": time.time()},
                                        expect_state=[ItemState.QUEUED])
+        forget_key_when_over(self.store, job_id)
         log.info("job cancel requested", extra={"job_id": job_id})
         return self.get(job_id, owner)
 
@@ -299,6 +317,18 @@ class JobService:
         return body
 
 
+FAL_KEY_SHAPE = re.compile(r"[A-Za-z0-9._:\-]{16,200}")
+
+
+def check_fal_key(value: str | None) -> str:
+    """A person's own FAL key, stripped ("" for none), or a 422 that never repeats it."""
+    key = (value or "").strip()
+    if key and not FAL_KEY_SHAPE.fullmatch(key):
+        raise AppError("invalid_fal_key", "That does not look like a FAL key: it should be the key from "
+                       "fal.ai/dashboard/keys, like 'key-id:key-secret', on one line.", 422, {"field": "fal_key"})
+    return key
+
+
 def get_default_model_id(settings: Settings) -> str:
     return get_model(None, settings.fal_configured, settings.default_model).id
 
@@ -322,6 +352,7 @@ def job_status(job: Job, live: Liveness = Liveness()) -> dict[str, Any]:
         "mode": job.mode.value,
         "params": job.params,
         "created_at": job.created_at,
+        "own_fal_key": job.own_fal_key,
         "version": job.version,
         "counts": counts,
         "items": [item_status(job.id, item, live) for item in job.items],

@@ -38,6 +38,8 @@ CREATE INDEX IF NOT EXISTS items_state ON items(state);
 CREATE TABLE IF NOT EXISTS durations (model TEXT PRIMARY KEY, seconds REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS reservations (id TEXT PRIMARY KEY, at REAL NOT NULL, images INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS workers (id TEXT PRIMARY KEY, until REAL NOT NULL, info TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS job_keys (job_id TEXT PRIMARY KEY, sealed TEXT NOT NULL);
 """
 
 WATCH_INTERVAL = 0.02  # only while someone waits; one cheap PRAGMA query per tick
@@ -214,6 +216,7 @@ class SqliteJobStore(JobStore):
         def remove(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM items WHERE job_id = ?", (job_id,))
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            conn.execute("DELETE FROM job_keys WHERE job_id = ?", (job_id,))
 
         self._write(remove)
         self.changes.notify(job_id, DELETED_VERSION)
@@ -276,6 +279,22 @@ class SqliteJobStore(JobStore):
         row = self._conn.execute("SELECT COALESCE(SUM(images), 0) FROM reservations WHERE at >= ?",
                                  (now - window_seconds,)).fetchone()
         return int(row[0])
+
+    def shared_secret(self, candidate: str) -> str:
+        self._write(lambda conn: conn.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES ('server', ?)",
+                                              (candidate,)))
+        return str(self._conn.execute("SELECT value FROM secrets WHERE name = 'server'").fetchone()[0])
+
+    def put_job_key(self, job_id: str, sealed: str) -> None:
+        self._write(lambda conn: conn.execute("INSERT OR REPLACE INTO job_keys (job_id, sealed) VALUES (?, ?)",
+                                              (job_id, sealed)))
+
+    def job_key(self, job_id: str) -> str | None:
+        row = self._conn.execute("SELECT sealed FROM job_keys WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def drop_job_key(self, job_id: str) -> None:
+        self._write(lambda conn: conn.execute("DELETE FROM job_keys WHERE job_id = ?", (job_id,)))
 
     def ping(self) -> bool:
         try:

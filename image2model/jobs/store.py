@@ -143,6 +143,23 @@ class JobStore(ABC):
     def images_reserved(self, window_seconds: float, now: float) -> int:
         """How many images the rolling window holds now."""
 
+    # --- secrets: the server secret, and users' own FAL keys (sealed) --------------------
+    @abstractmethod
+    def shared_secret(self, candidate: str) -> str:
+        """The secret every process of this deployment shares: the first candidate stored wins."""
+
+    @abstractmethod
+    def put_job_key(self, job_id: str, sealed: str) -> None:
+        """A user's FAL key for one job, already sealed; kept apart from the job record, so no
+        status or listing can ever carry it."""
+
+    @abstractmethod
+    def job_key(self, job_id: str) -> str | None: ...
+
+    @abstractmethod
+    def drop_job_key(self, job_id: str) -> None:
+        """Forget the key (the job ended, or was deleted)."""
+
     @abstractmethod
     def ping(self) -> bool: ...
 
@@ -155,6 +172,13 @@ class JobStore(ABC):
 
     async def wait_for_change_async(self, job_id: str, since: int, timeout: float) -> int | None:
         return await self.changes.wait_async(job_id, since, timeout)
+
+
+def forget_key_when_over(store: JobStore, job_id: str) -> None:
+    """A person's own FAL key is kept only while their job can still use it."""
+    job = store.get(job_id)
+    if job is not None and job.own_fal_key and job.state.terminal:
+        store.drop_job_key(job_id)
 
 
 DELETED_VERSION = 2**62  # announced when a job is deleted, so every waiter wakes and finds it gone

@@ -25,6 +25,8 @@ except ImportError:  # pragma: no cover - pillow-heif is in requirements.txt
 ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "HEIF", "AVIF"}
 FORMAT_LABELS = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC or AVIF"
 MIN_SIDE = 8
+EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
+              "TIFF": ".tiff", "HEIF": ".heic", "AVIF": ".avif"}
 EXIF_ORIENTATION = 0x0112
 
 
@@ -63,6 +65,16 @@ def inspect_image(path: Path, name: str, max_pixels: int) -> ImageInfo:
         except Exception:  # noqa: BLE001 - any decoder failure (a corrupt AVIF raises RuntimeError)
             raise _corrupt(name) from None
     return ImageInfo(fmt, width, height, mode)
+
+
+def image_extension(path: Path) -> str:
+    """The usual extension of the image format in the file (".png"), from its header only;
+    "" when it is not an image we accept (inspect_image then says so, in words)."""
+    try:
+        with Image.open(path) as img:
+            return EXTENSIONS.get((img.format or "").upper(), "")
+    except Exception:  # noqa: BLE001 - unreadable: no extension, the real check follows
+        return ""
 
 
 def _decode_fully(img: Image.Image) -> None:

@@ -40,6 +40,7 @@ class ItemRun(Protocol):
     model_target: Path  # where the model file must be written (atomically)
     preview_target: Path  # where a preview image may be written
     request_id: str | None  # a remote request already accepted for this item (resume it)
+    fal_key: str  # the person's own FAL key for this job; "" runs on the server's
     submit_record: dict[str, Any]  # what is known of a paid submit before its id (see reconcile.py)
     max_result_bytes: int
     poll_seconds: float

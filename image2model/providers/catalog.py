@@ -169,6 +169,7 @@ class ModelSpec:
     fixed: dict[str, Any] = field(default_factory=dict)  # always sent, never user-set
     typical_seconds: float = 60.0
     price: str = ""
+    face_param: str = ""  # the parameter that caps the face count, if the model has one
 
     @property
     def multi_view(self) -> bool:
@@ -200,6 +201,24 @@ class ModelSpec:
         if seed is not None and resolved.get("seed") is None:
             resolved["seed"] = random.randint(int(seed.minimum or 0), int(seed.maximum or SEED_MAX))
         return resolved
+
+    def with_face_limit(self, params: dict[str, Any] | None, value: str) -> tuple[dict[str, Any] | None, str]:
+        """The original API's `face_limit` field, sent to this model's own face-count
+        parameter (brought into its range), or left out with a note saying why."""
+        if not INTEGER_TEXT.fullmatch(value.strip()):
+            raise AppError("invalid_parameter", f"face_limit must be a whole number, not '{shown_value(value)}'.",
+                           422, {"field": "face_limit"})
+        param = self.param(self.face_param) if self.face_param else None
+        if param is None:
+            return params, (f"face_limit was ignored: {self.label} has no face-count parameter "
+                            f"(its parameters: {', '.join(p.name for p in self.params) or 'none'}).")
+        wanted = int(value.strip())
+        low, high = int(param.minimum or 1), int(param.maximum or wanted)
+        used = min(max(wanted, low), high)
+        note = f"face_limit {shown_value(wanted)} was sent as {param.name}={used}"
+        if used != wanted:
+            note += f", the nearest {self.label} accepts ({param.range_text()})"
+        return {**(params or {}), param.name: used}, note + "."
 
     def fal_arguments(self, image_urls: list[str], params: dict[str, Any], mode: Mode) -> dict[str, Any]:
         """The JSON body FAL expects, with the images in their fields."""
@@ -329,7 +348,7 @@ def build_catalog() -> dict[str, ModelSpec]:
                           Param("decimation_target", "int", 500000, "Target number of faces.", 10000, 2000000,
                                 10000),
                           Param("remesh", "bool", True, "Rebuild a clean surface.")),
-                  typical_seconds=60, price="about $0.25-0.30"),
+                  face_param="decimation_target", typical_seconds=60, price="about $0.25-0.30"),
         ModelSpec("fal-ai/hunyuan3d/v2", "Hunyuan3D 2", "Tencent Hunyuan3D 2: clean shapes, optional texture.",
                   "fal", image_field="input_image_url", params=HUNYUAN2_PARAMS, typical_seconds=40,
                   price="$0.16 (x3 textured)"),
@@ -344,7 +363,7 @@ def build_catalog() -> dict[str, ModelSpec]:
                   view_fields=("input_image_url", "back_image_url", "left_image_url", "right_image_url"),
                   min_views=2, max_views=4, view_order="front, back, left, right",
                   mesh_fields=("model_glb", "model_urls.glb"), preview_fields=("thumbnail",),
-                  params=HUNYUAN3_PARAMS, typical_seconds=90),
+                  params=HUNYUAN3_PARAMS, face_param="face_count", typical_seconds=90),
         ModelSpec("fal-ai/triposr", "TripoSR", "TripoSR: a quick draft in seconds.", "fal",
                   params=(Param("do_remove_background", "bool", True, "Remove the background first."),
                           Param("foreground_ratio", "float", 0.9, "How much of the frame the object fills.",
@@ -354,13 +373,13 @@ def build_catalog() -> dict[str, ModelSpec]:
                   fixed={"output_format": "glb"}, typical_seconds=10),
         ModelSpec("tripo3d/tripo/v2.5/image-to-3d", "Tripo 2.5", "Tripo 2.5: textured, PBR-ready models.", "fal",
                   mesh_fields=("pbr_model", "model_mesh", "base_model"), preview_fields=("rendered_image",),
-                  params=TRIPO_PARAMS, typical_seconds=45),
+                  params=TRIPO_PARAMS, face_param="face_limit", typical_seconds=45),
         ModelSpec("tripo3d/tripo/v2.5/multiview-to-3d", "Tripo 2.5 multi-view",
                   "Tripo 2.5 from two to four views: front, left, back, right.", "fal", modes=(multi,),
                   view_fields=("front_image_url", "left_image_url", "back_image_url", "right_image_url"),
                   min_views=2, max_views=4, view_order="front, left, back, right",
                   mesh_fields=("pbr_model", "model_mesh", "base_model"), preview_fields=("rendered_image",),
-                  params=TRIPO_PARAMS, typical_seconds=60),
+                  params=TRIPO_PARAMS, face_param="face_limit", typical_seconds=60),
         ModelSpec("fal-ai/hyper3d/rodin", "Hyper3D Rodin", "Rodin Gen-1: production-quality assets, 1 to 5 images.",
                   "fal", modes=(per, multi), image_field="input_image_urls", image_list=True, min_views=2,
                   max_views=5, view_order="Any order; front view first.", params=RODIN_PARAMS,
@@ -379,7 +398,8 @@ def catalog() -> dict[str, ModelSpec]:
     return _CATALOG
 
 
-FAL_UNAVAILABLE = "Needs a FAL.AI key: set FAL_KEY (a secret on a Space) to enable it."
+FAL_UNAVAILABLE = ("Needs a FAL.AI key: give your own (the page's FAL key field, `fal_key` in /generate, "
+                   "the X-Fal-Key header), or the operator sets FAL_KEY (a secret on a Space).")
 
 
 def availability(spec: ModelSpec, fal_configured: bool) -> tuple[bool, str]:

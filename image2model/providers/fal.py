@@ -45,11 +45,15 @@ PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)\s*%")
 DOWNLOAD_CHUNK = 1024 * 256
 
 
-def classify_http_error(status: int, detail: Any) -> ItemFailed:
-    """One FAL HTTP status to one item failure; only transient classes are retryable."""
+def classify_http_error(status: int, detail: Any, own_key: bool = False) -> ItemFailed:
+    """One FAL HTTP status to one item failure; only transient classes are retryable.
+    `own_key`: the request ran on the FAL key the person gave, not on this server's."""
     text = describe_detail(detail)
+    if status == 401 and own_key:
+        return ItemFailed("fal_key_rejected", f"FAL did not accept the FAL key you gave: {text}. Check the key "
+                          "on fal.ai/dashboard/keys, or leave the field empty to use this server's.")
     if status == 401:
-        return ItemFailed("fal_key_rejected", "FAL rejected the API key. Check FAL_KEY.")
+        return ItemFailed("fal_key_rejected", f"FAL rejected the API key ({text}). Check FAL_KEY.")
     if status == 403:
         return ItemFailed(
             "fal_access_denied",
@@ -230,9 +234,15 @@ class FalProvider:
                 self._fal = PooledSyncClient(key=self.key, default_timeout=self.upload_timeout)
             return self._fal
 
-    @property
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Key {self.key}"}
+    def _key(self, item: ItemRun) -> str:
+        """The person's own key for their job, else this server's."""
+        return item.fal_key or self.key
+
+    def _auth(self, item: ItemRun) -> dict[str, str]:
+        return {"Authorization": f"Key {self._key(item)}"}
+
+    def _refused(self, response: httpx.Response, item: ItemRun) -> ItemFailed:
+        return classify_http_error(response.status_code, error_detail(response), own_key=bool(item.fal_key))
 
     def _http(self) -> httpx.Client:
         """Plain HTTP, one try per call, for everything that is not an upload."""
@@ -242,17 +252,19 @@ class FalProvider:
             return self._plain
 
     def run(self, item: ItemRun) -> ProviderOutput:
-        if not self.key.strip():  # fal-client would retry a malformed header for a minute
+        if not self._key(item).strip():  # fal-client would retry a malformed header for a minute
             raise ItemFailed("fal_key_missing", "No FAL key is configured on this worker: set FAL_KEY.")
-        client = self._client()
+        # a person's own key gets a client of its own, dropped with this run
+        client = PooledSyncClient(key=item.fal_key, default_timeout=self.upload_timeout) if item.fal_key \
+            else self._client()
         try:
             return self._run(client, item)
         except fal_client.FalClientHTTPError as exc:
-            raise classify_http_error(exc.status_code, exc.message) from exc
+            raise classify_http_error(exc.status_code, exc.message, own_key=bool(item.fal_key)) from exc
         except (fal_client.FalClientTimeoutError, httpx.TimeoutException) as exc:
             raise ItemFailed("fal_unavailable", f"FAL did not answer in time: {exc}", retryable=True) from exc
         except httpx.HTTPStatusError as exc:
-            raise classify_http_error(exc.response.status_code, error_detail(exc.response)) from exc
+            raise self._refused(exc.response, item) from exc
         except httpx.TransportError as exc:
             raise ItemFailed("fal_unavailable", f"Could not reach FAL: {exc}", retryable=True) from exc
         except MissingCredentialsError as exc:
@@ -278,7 +290,7 @@ class FalProvider:
         handle = client.get_handle(spec.id, request_id)
         run_seconds = self._wait(item, handle)
         item.progress(90, "Downloading the model")
-        result = self._fetch_result(handle.response_url)
+        result = self._fetch_result(handle.response_url, item)
         self._download_model(result, item)
         has_preview = self._download_preview(result, item)
         return ProviderOutput(has_preview=has_preview, run_seconds=run_seconds)
@@ -290,7 +302,7 @@ class FalProvider:
         url = fal_internals.QUEUE_URL_FORMAT + item.spec.id  # pinned fal-client: see test_fal_internals
         ctx = {"job_id": item.job_id, "item": item.index}
         try:
-            response = self._http().post(url, json=arguments, headers=self._auth,
+            response = self._http().post(url, json=arguments, headers=self._auth(item),
                                          timeout=httpx.Timeout(self.submit_timeout, connect=self.call_timeout))
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached FAL: nothing was paid
             ledger.clear_intent()
@@ -303,7 +315,7 @@ class FalProvider:
             return self._after_lost_answer(item, ledger, f"FAL answered HTTP {response.status_code} to this photo")
         if response.status_code >= 400:  # refused: FAL did not take it
             ledger.clear_intent()
-            raise classify_http_error(response.status_code, error_detail(response))
+            raise self._refused(response, item)
         try:
             request_id = str(response.json()["request_id"])
         except (ValueError, KeyError, TypeError):
@@ -323,7 +335,7 @@ class FalProvider:
     def _reconcile(self, item: ItemRun, ledger: SubmitLedger, why: str) -> str | None:
         """The request FAL accepted for this item, found by its inputs; None once FAL proves it
         has none. When FAL cannot tell, FAL_UNCERTAIN_SUBMIT decides, and the item says so."""
-        history = RequestHistory(self._http(), self.api_url, self._auth, self.call_timeout)
+        history = RequestHistory(self._http(), self.api_url, self._auth(item), self.call_timeout)
         item.progress(4, "Checking with FAL whether this photo arrived")
         verdict = history.find(item, ledger, self.reconcile_seconds)
         ctx = {"job_id": item.job_id, "item": item.index, "request_id": verdict.request_id}
@@ -376,7 +388,7 @@ class FalProvider:
         that ends early, answers anything but events, or says nothing three times running is
         unavailable."""
         timeout = httpx.Timeout(self.call_timeout, read=STREAM_QUIET_SECONDS)
-        headers = {**self._auth, "Accept": "text/event-stream"}
+        headers = {**self._auth(item), "Accept": "text/event-stream"}
         silent = 0
         while True:
             item.check_stop()
@@ -407,16 +419,16 @@ class FalProvider:
         while True:
             item.check_stop()
             asked = watch.elapsed()
-            status = self._status(handle.status_url)
+            status = self._status(handle.status_url, item)
             if watch.saw(status, asked):
                 return watch.seen_unfinished
             item.sleep(poll_interval(item.poll_seconds, watch.elapsed(), watch.typical))
 
-    def _status(self, url: str) -> fal_client.Status:
+    def _status(self, url: str, item: ItemRun) -> fal_client.Status:
         """One status call, one try, bounded wait (fal-client's would retry a hang for minutes)."""
-        response = self._http().get(url, params={"logs": "1"}, headers=self._auth)
+        response = self._http().get(url, params={"logs": "1"}, headers=self._auth(item))
         if response.status_code >= 400:
-            raise classify_http_error(response.status_code, error_detail(response))
+            raise self._refused(response, item)
         try:
             status = parse_status(response.text)
         except (ValueError, TypeError) as exc:
@@ -425,12 +437,12 @@ class FalProvider:
             raise ItemFailed("fal_unavailable", "FAL sent a status this app does not know.", retryable=True)
         return status
 
-    def _fetch_result(self, url: str) -> Any:
+    def _fetch_result(self, url: str, item: ItemRun) -> Any:
         """The model's output. (fal-client's result() would first ask for the status again,
         which costs a round trip after the stream has already said COMPLETED.)"""
-        response = self._http().get(url, headers=self._auth)
+        response = self._http().get(url, headers=self._auth(item))
         if response.status_code >= 400:
-            raise classify_http_error(response.status_code, error_detail(response))
+            raise self._refused(response, item)
         try:
             return response.json()
         except ValueError as exc:
@@ -477,7 +489,7 @@ class FalProvider:
         ctx = {"job_id": item.job_id, "item": item.index, "request_id": item.request_id}
         try:
             handle = self._client().get_handle(item.spec.id, item.request_id)
-            response = self._http().put(handle.cancel_url, headers=self._auth)
+            response = self._http().put(handle.cancel_url, headers=self._auth(item))
             log.info("fal cancel sent: HTTP %d", response.status_code, extra=ctx)
         except httpx.HTTPError as exc:
             log.warning("fal cancel failed: %s", exc, extra=ctx)

@@ -1,10 +1,12 @@
 """REST API v1: the original image2model contract over the one JobService.
 
 Registered on the FastAPI app before Gradio is mounted at "/" (a route added after that mount
-is shadowed). One id per job (`task_id` == `job_id`); errors are {"error": {code, message,
-details}}. Access: with API_KEYS set, /api/v1 needs a Bearer key and a job belongs to the key
-that made it (any other key gets 404). Downloads of a job made on the page (owner "") stay
-reachable by its unguessable id, because the page's download links cannot carry a key.
+is shadowed). One id per job (`task_id` == `job_id`); errors are {"detail": message, "error":
+{code, message, details}}. Access: with API_KEYS set, /api/v1 needs a key (Bearer or
+X-API-Key) and a job belongs to the key that made it (any other key gets 404). Reading one job
+(status, stream, downloads) also works with that job's token (`?token=`, from the upload
+answer), for browsers that cannot send a header. Downloads of a job made on the page (owner
+"") stay reachable by its unguessable id, because the page's download links carry no key.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import UTC, datetime
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +34,11 @@ from image2model.storage import check_job_id
 from image2model.web import downloads
 from image2model.web.envelope import HttpAppError, install_error_handlers
 from image2model.web.schemas import (
-    DeleteResponse, DownloadList, ErrorEnvelope, Health, JobLinks, JobStatus, ModelList, Ready, ResultFileInfo,
-    UploadResponse,
+    STREAM_EVENT_MODELS, DeleteResponse, DownloadList, ErrorEnvelope, Health, JobLinks, JobStatus, ModelList,
+    OriginalHealth, Ready, ResultFileInfo, UploadResponse,
 )
-from image2model.web.security import API_PREFIX, ApiSecurity, Caller, install_security, unauthorized
+from image2model.web.security import API_PREFIX, ApiSecurity, Caller, install_security
+from image2model.web.tokens import JobTokens
 from image2model.web.sse import Watchers, job_events, parse_last_event_id, stream_is_over
 from image2model.web.uploads import ReceivedForm, UploadLimits, receive_form, sweep_incoming
 
@@ -48,7 +52,13 @@ MODEL_TYPES = ("model/gltf-binary", "image/webp", "image/png", "image/jpeg", "mo
                "application/zip", "application/octet-stream")
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 ANY_METHOD = [*ALL_METHODS, "TRACE", "CONNECT", "QUERY", "PROPFIND", "SEARCH"]
-OPEN_DOWNLOADS = ("/download/",)  # key optional (page jobs): documented as such
+# Key optional, documented as such: downloads of page jobs, and reading one job with its token
+# (`?token=`, or attached to the task id).
+KEY_OPTIONAL = ("/download/", "/status/tasks/")
+FAL_KEY_HELP = ("Your own FAL.AI key: this job's FAL requests run on your account, and this server's "
+                "spending limit does not apply. Sealed while the job runs, deleted when it ends, never shown.")
+TOKEN_HELP = ("This job's token (`token` in the upload answer): read access to this job where no key "
+              "header can be sent, e.g. a browser's EventSource. Not needed when the API is open.")
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -72,22 +82,38 @@ class Api:
         return self.runtime.settings.data_dir / "incoming"
 
     def own_job(self, job_id: str, caller: Caller) -> Job:
-        """Status, stream, cancel, delete: only the owning key (anyone when the API is open)."""
-        return self.service.get(check_job_id(job_id), caller.owner_filter)
+        """Cancel, delete: only the owning key (anyone when the API is open); a token gives no
+        such right, even attached to a task id."""
+        return self.service.get(split_handle(job_id, None)[0], caller.owner_filter)
 
-    def downloadable_job(self, job_id: str, caller: Caller) -> Job:
-        """Downloads: a page-made job by its id alone, a key's job only with that key."""
-        job = self.service.get(check_job_id(job_id))
+    def readable_job(self, job_id: str, caller: Caller, token: str | None) -> Job:
+        """Status, stream: the owning key, or this job's token."""
+        job_id, token = split_handle(job_id, token)
+        return self.service.get(job_id, self.security.read_filter(job_id, caller, token))
+
+    def downloadable_job(self, job_id: str, caller: Caller, token: str | None = None) -> Job:
+        """Downloads: a page-made job by its id alone, a key's job with that key or its token."""
+        job_id, token = split_handle(job_id, token)
+        job = self.service.get(job_id)
         if caller.may_download(job.owner):
             return job
         if caller.key_owner is None:
-            raise unauthorized("missing_api_key", "This job's files need the key that created it.")
+            self.security.read_filter(job.id, caller, token)  # says what is missing unless the token fits
+            return job
         raise AppError("job_not_found", "No job with that id (it may have expired).", 404)
+
+
+def split_handle(value: str, token: str | None) -> tuple[str, str | None]:
+    """A job id, or a task handle `<job id>.<token>` (the upload's `task_id` when keys are
+    required), as the job id and the token to check (a `?token=` given as well wins)."""
+    job_id, dot, attached = value.partition(".")
+    return check_job_id(job_id), (token or attached) if dot else token
 
 
 def build_api(app: FastAPI, runtime: Runtime) -> None:
     settings = runtime.settings
-    api = Api(runtime, ApiSecurity(settings), Watchers(runtime.service, settings.sse_heartbeat_seconds),
+    tokens = JobTokens(runtime.secret, settings.job_token_seconds)
+    api = Api(runtime, ApiSecurity(settings, tokens), Watchers(runtime.service, settings.sse_heartbeat_seconds),
               UploadLimits(settings.max_images, int(settings.max_image_mb * 1024 * 1024)))
     app.state.rest_api = api  # for operators and tests: open streams, limiter, keys in use
     install_error_handlers(app)
@@ -108,11 +134,15 @@ SSE_EVENT = {  # one event, as OpenAPI < 3.2 describes event streams
     "type": "object",
     "required": ["event", "data"],
     "properties": {
-        "event": {"type": "string", "enum": ["progress", "completed", "failed", "cancelled", "error"]},
+        "event": {"type": "string", "enum": ["progress", "completed", "failed", "cancelled", "error",
+                                              "task_progress", "task_completed", "task_failed", "file_update"],
+                  "description": "Ours, each followed by the same snapshot under the original API's "
+                                 "name (task_*), with its fields added; file_update: one item changed"},
         "id": {"type": "string", "pattern": "^[0-9]+$"},
         "retry": {"type": "integer", "minimum": 0},
         "data": {"type": "string", "contentMediaType": "application/json",
-                 "contentSchema": {"$ref": "#/components/schemas/JobStatus"}},
+                 "contentSchema": {"anyOf": [{"$ref": f"#/components/schemas/{m.__name__}"}
+                                             for m in STREAM_EVENT_MODELS]}},
     },
 }
 
@@ -128,7 +158,9 @@ def upload_openapi(max_images: int) -> dict[str, Any]:
                  "description": "One model per image, or one model from several views."},
         "params": {"type": "string", "description": "The model's parameters as a JSON object "
                    "(see params_schema in GET /api/v1/models)."},
-        "face_limit": {"type": "integer", "description": "Shortcut for params.face_limit (models that have it)."},
+        "face_limit": {"type": "integer", "description": "The original API's face cap: sent as the model's "
+                       "own face-count parameter (brought into its range), or ignored with a note in "
+                       "`notes` when the model has none."},
     }
     schema = {"type": "object", "required": ["files"], "properties": properties}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
@@ -136,16 +168,18 @@ def upload_openapi(max_images: int) -> dict[str, Any]:
 
 def _job_routes(router: APIRouter, api: Api) -> None:
     any_caller = api.security.dependency()
+    reader = api.security.dependency(key_required=False)  # a key, or the job's token (checked by the route)
     upload_caller = api.security.dependency(groups=("api", "upload"))
 
-    async def upload(request: Request, response: Response, caller: Caller = Depends(upload_caller)) -> dict:
+    async def upload(request: Request, response: Response, caller: Caller = Depends(upload_caller),
+                     fal_key: str | None = Header(None, alias="X-Fal-Key", description=FAL_KEY_HELP)) -> dict:
         """Start a job. The images are streamed to disk with the size cap enforced while reading."""
         form = await receive_form(request, api.incoming, api.limits)
         try:
-            job = await run_in_threadpool(_create_job, api, form, caller)
+            job, notes = await run_in_threadpool(_create_job, api, form, caller, fal_key)
         finally:
             await run_in_threadpool(form.cleanup)
-        body = _upload_body(api, job, form)
+        body = _upload_body(api, job, form, notes)
         response.headers["Location"] = body["links"]["status"]
         return body
 
@@ -154,13 +188,19 @@ def _job_routes(router: APIRouter, api: Api) -> None:
                              include_in_schema=listed, openapi_extra=upload_openapi(api.limits.max_files),
                              summary="Upload images", responses=errors(400, 401, 413, 415, 422, 429, 503, 507))
 
-    @router.get("/status/tasks/{task_id}", response_model=JobStatus, responses=errors(401, 404, 422, 429),
-                summary="Job status")
-    def status(task_id: str, caller: Caller = Depends(any_caller)) -> Response:
+    def status(task_id: str, caller: Caller = Depends(reader),
+               token: str | None = Query(None, description=TOKEN_HELP)) -> Response:
+        """The job's state, progress and each image's results."""
         # The hottest route: job_status() already has the JobStatus shape (a test keeps them in
         # step), so it is not re-validated through pydantic, and it is cached per job version.
-        body = api.service.status_json(check_job_id(task_id), caller.owner_filter)
+        job_id, token = split_handle(task_id, token)
+        body = api.service.status_json(job_id, api.security.read_filter(job_id, caller, token))
         return Response(body, media_type="application/json")
+
+    for path, listed in (("/status/tasks/{task_id}", True), ("/status/tasks/{task_id}/status", False)):
+        # the second: what clients of the original API call
+        router.add_api_route(path, status, methods=["GET"], response_model=JobStatus, include_in_schema=listed,
+                             responses=errors(401, 404, 422, 429), summary="Job status")
 
     @router.get("/status/tasks/{task_id}/stream", response_class=StreamingResponse, response_model=None,
                 summary="Job status as Server-Sent Events",
@@ -169,47 +209,57 @@ def _job_routes(router: APIRouter, api: Api) -> None:
                                                 "event's data is a JobStatus and its id the job's version"},
                            204: {"description": "The job is over and the client has its last event"},
                            **errors(401, 404, 422, 429)})
-    async def stream(task_id: str, caller: Caller = Depends(any_caller),
+    async def stream(task_id: str, caller: Caller = Depends(reader),
+                     token: str | None = Query(None, description=TOKEN_HELP),
                      last_event_id: str | None = Header(None, alias="Last-Event-ID")) -> Response:
-        return await _event_stream(api, task_id, caller, last_event_id)
+        job = await run_in_threadpool(api.readable_job, task_id, caller, token)  # 404 before any stream opens
+        return _event_stream(api, job, last_event_id)
 
     @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobStatus,
                  responses=errors(401, 404, 422, 429), summary="Cancel a job")
     def cancel(job_id: str, caller: Caller = Depends(any_caller)) -> dict:
-        api.own_job(job_id, caller)
-        return api.service.status(api.service.cancel(job_id, caller.owner_filter))
+        job = api.own_job(job_id, caller)
+        return api.service.status(api.service.cancel(job.id, caller.owner_filter))
 
     @router.delete("/jobs/{job_id}", response_model=DeleteResponse, responses=errors(401, 404, 422, 429),
                    summary="Delete a job and its files")
     async def delete(job_id: str, caller: Caller = Depends(any_caller)) -> dict:
-        await run_in_threadpool(api.own_job, job_id, caller)
-        await run_in_threadpool(api.service.delete, job_id, caller.owner_filter)
-        api.watchers.job_deleted(job_id)
-        return {"job_id": job_id, "deleted": True}
+        job = await run_in_threadpool(api.own_job, job_id, caller)
+        await run_in_threadpool(api.service.delete, job.id, caller.owner_filter)
+        api.watchers.job_deleted(job.id)
+        return {"job_id": job.id, "deleted": True}
 
 
-def _create_job(api: Api, form: ReceivedForm, caller: Caller) -> Job:
+def _create_job(api: Api, form: ReceivedForm, caller: Caller, fal_key: str | None) -> tuple[Job, list[str]]:
+    """The job, and notes on how the request was read (face_limit mapped or ignored)."""
     fields = form.fields
     uploads = [Upload(f.filename, f.path) for f in form.files]
-    return api.service.create_job(uploads, model=fields.get("model") or None, mode=fields.get("mode") or None,
-                                  params=_parse_params(fields), owner=caller.job_owner)
+    model = fields.get("model") or None
+    params = _parse_params(fields)
+    notes = []
+    face_limit = fields.get("face_limit", "").strip()
+    if face_limit:
+        params, note = api.service.model_spec(model, own_key=bool(fal_key)).with_face_limit(params, face_limit)
+        notes.append(note)
+    job = api.service.create_job(uploads, model=model, mode=fields.get("mode") or None, params=params,
+                                 owner=caller.job_owner, fal_key=fal_key)
+    if fal_key and fal_key.strip() and not job.own_fal_key:
+        notes.append("Your FAL key was not used or kept: the offline model runs here for free.")
+    return job, notes
 
 
 def _parse_params(fields: dict[str, str]) -> dict[str, Any] | None:
-    """`params` (a JSON object) plus the original API's `face_limit` field."""
+    """`params`: a JSON object of the model's parameters."""
     raw = fields.get("params", "").strip()
-    params: dict[str, Any] | None = None
-    if raw:
-        try:
-            params = json.loads(raw)
-        except (ValueError, RecursionError):
-            params = None
-        if not isinstance(params, dict):
-            raise AppError("invalid_parameter", "'params' must be a JSON object, e.g. {\"seed\": 42}.", 422,
-                           {"field": "params"})
-    face_limit = fields.get("face_limit", "").strip()
-    if face_limit:
-        params = {**(params or {}), "face_limit": face_limit}  # typed and range-checked by the model
+    if not raw:
+        return None
+    try:
+        params = json.loads(raw)
+    except (ValueError, RecursionError):
+        params = None
+    if not isinstance(params, dict):
+        raise AppError("invalid_parameter", "'params' must be a JSON object, e.g. {\"seed\": 42}.", 422,
+                       {"field": "params"})
     return params
 
 
@@ -219,21 +269,25 @@ def _links(job_id: str) -> dict[str, str]:
             "cancel": f"{API_PREFIX}/jobs/{job_id}/cancel", "delete": f"{API_PREFIX}/jobs/{job_id}"}
 
 
-def _upload_body(api: Api, job: Job, form: ReceivedForm) -> dict[str, Any]:
+def _upload_body(api: Api, job: Job, form: ReceivedForm, notes: list[str]) -> dict[str, Any]:
     status = api.service.status(job)
     count = len(form.files)
+    token, expires = api.security.tokens.mint(job.id)
+    # With keys required, task_id carries the token, so a client that builds its EventSource
+    # URL from task_id alone (the original frontend) can follow the job; job_id stays plain.
+    task_id = f"{job.id}.{token}" if api.security.keys.required else job.id
     return {
-        "job_id": job.id, "task_id": job.id, "status": status["state"], "model": job.model,
+        "job_id": job.id, "task_id": task_id, "status": status["state"], "model": job.model,
         "mode": job.mode.value, "total_files": count,
         "uploaded_files": [{"filename": f.filename or f"image-{n + 1}", "file_size": f.size}
                            for n, f in enumerate(form.files)],
         "items": status["items"], "links": JobLinks(**_links(job.id)).model_dump(),
         "message": f"Accepted {count} image{'s' if count != 1 else ''}; follow links.stream for progress.",
+        "notes": notes, "token": token, "token_expires_at": expires,
     }
 
 
-async def _event_stream(api: Api, task_id: str, caller: Caller, last_event_id: str | None) -> Response:
-    job = await run_in_threadpool(api.own_job, task_id, caller)  # 404 before any stream opens
+def _event_stream(api: Api, job: Job, last_event_id: str | None) -> Response:
     last = parse_last_event_id(last_event_id)
     if stream_is_over(job, last):
         return Response(status_code=204)
@@ -246,31 +300,29 @@ async def _event_stream(api: Api, task_id: str, caller: Caller, last_event_id: s
 # --- downloads -----------------------------------------------------------------------------
 def _download_routes(router: APIRouter, api: Api) -> None:
     file_caller = api.security.dependency(key_required=False)
+    token_query = Query(None, description=TOKEN_HELP)
 
     @router.get("/download/{job_id}/all", response_model=DownloadList, responses=errors(401, 404, 422, 429),
                 summary="List a job's result files", tags=["downloads"])
-    def list_files(job_id: str, caller: Caller = Depends(file_caller)) -> dict:
-        job = api.downloadable_job(job_id, caller)
-        files = [ResultFileInfo(filename=f.name, size=f.size, content_type=f.content_type, kind=f.kind,
-                                item=item.index, item_name=item.name, url=file_url(job.id, f.name))
-                 for item in job.items for f in item.files]
-        return {"job_id": job.id, "state": job.state.value, "finished": job.state.terminal,
-                "total_files": len(files), "files": files, "zip_url": f"{API_PREFIX}/download/{job.id}/all.zip"}
+    def list_files(request: Request, job_id: str, caller: Caller = Depends(file_caller),
+                   token: str | None = token_query) -> dict:
+        job = api.downloadable_job(job_id, caller, token)
+        return _file_list(job, api.security.public_base(request), _link_query(api, job))
 
     @router.get("/download/{job_id}/all.zip", response_class=StreamingResponse, response_model=None,
                 summary="All result files as one ZIP (streamed)", tags=["downloads"],
                 responses={200: {"content": {"application/zip": {"schema": {"type": "string",
                                                                              "format": "binary"}}},
                                  "description": "A ZIP of every result file"}, **errors(401, 404, 422, 429)})
-    def zip_all(job_id: str, caller: Caller = Depends(file_caller)) -> Response:
-        return downloads.zip_response(api.runtime.files, api.downloadable_job(job_id, caller))
+    def zip_all(job_id: str, caller: Caller = Depends(file_caller), token: str | None = token_query) -> Response:
+        return downloads.zip_response(api.runtime.files, api.downloadable_job(job_id, caller, token))
 
     def download(job_id: str, filename: str, caller: Caller = Depends(file_caller),
                  format: Literal["glb", "obj", "stl", "ply"] | None = Query(  # noqa: A002 - the API's name
                      None, description="Convert the model: obj (a ZIP with .mtl and textures), stl or ply."),
-                 if_none_match: str | None = Header(None)) -> Response:
+                 token: str | None = token_query, if_none_match: str | None = Header(None)) -> Response:
         """One result file, with ETag, ranges and on-demand conversion."""
-        job = api.downloadable_job(job_id, caller)
+        job = api.downloadable_job(job_id, caller, token)
         path, info = downloads.result_file(api.runtime.files, job, filename)
         variant = "" if format in (None, "glb") else format
         etag = downloads.etag_for(job.id, filename, info, variant)
@@ -292,6 +344,41 @@ def _download_routes(router: APIRouter, api: Api) -> None:
                          include_in_schema=False)
 
 
+def _link_query(api: Api, job: Job) -> str:
+    """What a link needs besides the URL: a fresh token when keys are required and the job is a
+    key's (its owner may hand the link to a browser)."""
+    if not api.security.keys.required or not job.owner:
+        return ""
+    return "?token=" + api.security.tokens.mint(job.id)[0]
+
+
+def _file_list(job: Job, base: str, query: str) -> dict[str, Any]:
+    """Our list, plus what the original API's clients read: absolute `download_urls[]` in the
+    same order as `files[]`, `mime_type`, `created_time`, and the item's preview as
+    `rendered_image`."""
+    files, urls = [], []
+    for item in job.items:
+        preview = item.preview_file
+        for f in item.files:
+            url = file_url(job.id, f.name)
+            rendered = ({"url": f"{base}{file_url(job.id, preview.name)}{query}"}
+                        if preview is not None and f.kind == "model" else None)
+            files.append(ResultFileInfo(
+                filename=f.name, size=f.size, content_type=f.content_type, mime_type=f.content_type, kind=f.kind,
+                item=item.index, item_name=item.name, url=url, rendered_image=rendered,
+                created_time=_iso_time(item.finished_at)))
+            urls.append(f"{base}{url}{query}")
+    return {"job_id": job.id, "state": job.state.value, "finished": job.state.terminal,
+            "total_files": len(files), "files": files, "download_urls": urls,
+            "zip_url": f"{API_PREFIX}/download/{job.id}/all.zip"}
+
+
+def _iso_time(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
 # --- catalog, health, fallback -------------------------------------------------------------
 def _catalog_routes(router: APIRouter, api: Api) -> None:
     any_caller = api.security.dependency()
@@ -311,6 +398,14 @@ def _health_routes(app: FastAPI, api: Api) -> None:
     @app.get("/health", response_model=Health, tags=["health"], summary="Alive")
     def health() -> dict:
         return {"status": "ok"}
+
+    def original_health() -> dict:
+        """Alive, in the original API's words (its monitors and tests call this)."""
+        return {"status": "healthy", "service": "image2model", "version": app.version}
+
+    for path, listed in ((f"{API_PREFIX}/health/", True), (f"{API_PREFIX}/health", False)):
+        app.add_api_route(path, original_health, methods=["GET"], response_model=OriginalHealth, tags=["health"],
+                          include_in_schema=listed, summary="Alive (the original API's health check)")
 
     @app.get("/ready", response_model=Ready, responses=errors(503), tags=["health"],
              summary="Store, queue and data directory usable")
@@ -358,7 +453,8 @@ def _safely(check: Callable[[], object]) -> bool:
 
 def _document_auth(app: FastAPI, required: bool) -> None:
     """The OpenAPI security says what is true: no key when the API is open, a key everywhere
-    but health and downloads (where it is optional) when API_KEYS is set."""
+    but health, downloads and status reads (where a job token may stand in) when API_KEYS is set. The progress
+    stream's event schemas are added to the components too."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -371,10 +467,16 @@ def _document_auth(app: FastAPI, required: bool) -> None:
                     continue
                 if not required:
                     del operation["security"]
-                elif any(part in path for part in OPEN_DOWNLOADS):
+                elif any(part in path for part in KEY_OPTIONAL):
                     operation["security"] = [*operation["security"], {}]
         if not required:
             schema.get("components", {}).pop("securitySchemes", None)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in STREAM_EVENT_MODELS:  # the stream's events, which no route returns as JSON
+            described = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, sub in described.pop("$defs", {}).items():
+                components.setdefault(name, sub)
+            components.setdefault(model.__name__, described)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -1,4 +1,8 @@
-"""One error shape for the REST API: {"error": {"code", "message", "details"}}.
+"""One error shape for the REST API: {"detail": message, "error": {"code", "message", "details"}}.
+
+`detail` repeats the message as plain text because clients written for FastAPI (the original
+image2model frontend among them) show `detail || message || error` to the user; an object
+there would read "[object Object]".
 
 Handlers are registered on the FastAPI app; they shape only responses for the API's own paths
 (/api/v1, /health, /ready). Gradio is a mounted sub-app with its own handlers, and FastAPI's
@@ -39,7 +43,7 @@ class HttpAppError(AppError):
 
 def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    body = {"detail": message, "error": {"code": code, "message": message, "details": details or {}}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -26,6 +26,7 @@ class ErrorBody(Strict):
 
 
 class ErrorEnvelope(Strict):
+    detail: str = Field(description="The message again, as plain text, for clients that show `detail`.")
     error: ErrorBody
 
 
@@ -73,9 +74,61 @@ class JobStatus(Strict):
     mode: Literal["per_image", "multi_view"]
     params: dict[str, Any]
     created_at: float
+    own_fal_key: bool = Field(description="Runs on the FAL key the caller gave (never shown), not this server's.")
     version: int = Field(description="Bumped on every change; the SSE event id.")
     counts: dict[str, int]
     items: list[ItemStatus]
+
+
+# --- the progress stream's other events (see image2model/web/original_events.py) ---------
+class OriginalResult(Strict):
+    job_id: str
+    total_files: int
+    successful_files: int
+    failed_files: int
+
+
+class OriginalJobEvent(JobStatus):
+    """task_progress, task_completed, task_failed: our status plus the original API's fields."""
+
+    status: Literal["queued", "processing", "completed", "failed", "cancelled"]
+    current: int = Field(description="Images finished (made, failed or cancelled).")
+    total: int
+    total_files: int
+    message: str
+    result: OriginalResult | None = None
+    summary: dict[str, int] | None = None
+    error: str | None = None
+
+
+class FileUpdate(Strict):
+    """file_update: one image changed."""
+
+    job_id: str
+    task_id: str
+    file_index: int
+    filename: str
+    status: Literal["pending", "processing", "completed", "failed", "cancelled"]
+    progress: float
+    message: str
+    item: ItemStatus
+
+
+class StreamError(Strict):
+    """error: the job was deleted or expired while watched."""
+
+    error: ErrorBody
+
+
+class OriginalStreamError(Strict):
+    """task_failed after `error`, in the original API's words."""
+
+    error: str
+    status: Literal["failed"]
+    message: str
+
+
+STREAM_EVENT_MODELS = (JobStatus, OriginalJobEvent, FileUpdate, StreamError, OriginalStreamError)
 
 
 class UploadedFile(Strict):
@@ -94,7 +147,9 @@ class JobLinks(Strict):
 
 class UploadResponse(Strict):
     job_id: str
-    task_id: str
+    task_id: str = Field(description="The job id; with API_KEYS set, the job id with its token attached "
+                         "(`<job_id>.<token>`), which status, stream and download paths take in place of "
+                         "the job id without a key")
     status: JobStateName
     model: str
     mode: Literal["per_image", "multi_view"]
@@ -103,6 +158,12 @@ class UploadResponse(Strict):
     items: list[ItemStatus]
     links: JobLinks
     message: str
+    notes: list[str] = Field(default_factory=list, description="How the request was read, e.g. "
+                             "face_limit sent as the model's face_count, or ignored")
+    token: str = Field(description="Read access to this job (status, stream, downloads) as `?token=`, "
+                       "for clients that cannot send a key header, like a browser's EventSource")
+    token_expires_at: int = Field(description="When the token stops working (epoch seconds); "
+                                  "GET /download/{job}/all gives links with fresh ones")
 
 
 class DeleteResponse(Strict):
@@ -119,6 +180,10 @@ class ResultFileInfo(Strict):
     item: int = Field(description="Index of the item (input image) this file belongs to.")
     item_name: str
     url: str
+    mime_type: str = Field(description="The same as content_type (the original API's name).")
+    created_time: str | None = Field(description="When the item finished (ISO 8601, UTC).")
+    rendered_image: dict[str, str] | None = Field(
+        description="The model's preview picture as {url}, when the model made one.")
 
 
 class DownloadList(Strict):
@@ -127,6 +192,8 @@ class DownloadList(Strict):
     finished: bool
     total_files: int
     files: list[ResultFileInfo]
+    download_urls: list[str] = Field(description="Absolute URLs of files[], in the same order (with a fresh "
+                                     "?token= when the API needs keys)")
     zip_url: str
 
 
@@ -156,6 +223,12 @@ class ModelList(Strict):
 
 class Health(Strict):
     status: Literal["ok"]
+
+
+class OriginalHealth(Strict):
+    status: Literal["healthy"]
+    service: str
+    version: str
 
 
 class Ready(Strict):

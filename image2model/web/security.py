@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from image2model.config import Settings
 from image2model.web.envelope import HttpAppError
+from image2model.web.tokens import JobTokens
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ RATE_STATE = "image2model_rate_headers"  # request.state key the header middlewa
 OWNER_ID_LENGTH = 16
 
 bearer = HTTPBearer(auto_error=False, description="One of the keys in API_KEYS.")
+key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                          description="One of the keys in API_KEYS (the same as a Bearer key).")
+KEY_HELP = "send the header 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
 
 
 def owner_id(key: str) -> str:
@@ -86,7 +90,7 @@ class ClientAddress:
     def __init__(self, trusted: list[str]):
         self.networks = [ipaddress.ip_network(t, strict=False) for t in trusted]
 
-    def _trusted(self, address: str) -> bool:
+    def trusted(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
@@ -97,12 +101,12 @@ class ClientAddress:
         """The first untrusted hop, reading X-Forwarded-For right to left, when the direct
         peer is a trusted proxy; otherwise the direct peer."""
         peer = request.client.host if request.client else "unknown"
-        if not self.networks or not self._trusted(peer):
+        if not self.networks or not self.trusted(peer):
             return peer
         hops = [h.strip() for value in request.headers.getlist("x-forwarded-for")
                 for h in value.split(",") if h.strip()]
         for hop in reversed(hops):
-            if not self._trusted(hop):
+            if not self.trusted(hop):
                 return hop[:64]
         return hops[0][:64] if hops else peer
 
@@ -207,10 +211,35 @@ class Caller:
 
 
 class ApiSecurity:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, tokens: JobTokens):
         self.keys = ApiKeys(settings.api_key_list)
         self.address = ClientAddress(settings.trusted_proxy_list)
         self.limiter = RateLimiter(settings)
+        self.tokens = tokens
+
+    def read_filter(self, job_id: str, caller: Caller, token: str | None) -> str | None:
+        """Who may read a job (status, stream): the owner filter for the job service, once
+        the caller showed its key, or a job token for this very job."""
+        if not caller.auth_required or caller.key_owner is not None:
+            return caller.owner_filter
+        if self.tokens.valid(job_id, token):
+            return None
+        if token:
+            raise unauthorized("invalid_token", "That job token is not valid for this job, or it has expired; "
+                               "get a fresh one from GET /api/v1/download/{job}/all with your key.")
+        raise unauthorized("missing_api_key", f"This API needs a key: {KEY_HELP}. Where no header can be "
+                           "sent (a browser's EventSource), add ?token=<the job's token from the upload answer>.")
+
+    def public_base(self, request: Request) -> str:
+        """This server's address as the client reached it (through a trusted proxy: as the
+        proxy says), for links that must work from another origin."""
+        headers = request.headers
+        peer = request.client.host if request.client else ""
+        if self.address.trusted(peer) and headers.get("x-forwarded-host"):
+            proto = headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
+            host = headers["x-forwarded-host"].split(",")[0].strip()
+            return f"{proto}://{host}{request.scope.get('root_path', '')}"
+        return str(request.base_url).rstrip("/")
 
     def dependency(self, *, key_required: bool = True, groups: tuple[str, ...] = ("api",)
                    ) -> Callable[..., Awaitable[Caller]]:
@@ -218,8 +247,9 @@ class ApiSecurity:
         rate-limited too)."""
 
         async def caller(request: Request,
-                         credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
-            presented = credentials.credentials if credentials else None
+                         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+                         header_key: str | None = Depends(key_header)) -> Caller:
+            presented = credentials.credentials if credentials else header_key
             owner = self.keys.owner_for(presented) if self.keys.required else None
             address = self.address(request)
             await self._count(request, f"key:{owner}" if owner else f"ip:{address}", groups)
@@ -227,8 +257,7 @@ class ApiSecurity:
                 if presented and owner is None:
                     raise unauthorized("invalid_api_key", "That API key is not valid.")
                 if owner is None and key_required:
-                    raise unauthorized("missing_api_key",
-                                       "This API needs a key: send the header 'Authorization: Bearer <key>'.")
+                    raise unauthorized("missing_api_key", f"This API needs a key: {KEY_HELP}.")
             return Caller(owner, self.keys.required, address)
 
         return caller
@@ -315,31 +344,43 @@ class GradioRangeGuard:
 
 
 class ApiCors:
-    """CORS for the API only (CORS_ORIGINS); the page keeps Gradio's own CORS handling."""
+    """CORS for the API only (CORS_ORIGINS); the page keeps Gradio's own CORS handling.
+
+    A preflight from an origin not allowed (or with none allowed) is answered as CORS means:
+    204 with no allow headers, so the browser refuses, rather than 405 or 400."""
 
     def __init__(self, app: ASGIApp, origins: list[str]):
         self.app = app
+        self.any_origin = "*" in origins
+        self.origins = set(origins)
         self.cors = CORSMiddleware(
             app, allow_origins=origins, allow_credentials=False,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Range", "If-None-Match"],
+            allow_headers=["Authorization", "X-API-Key", "X-Fal-Key", "Content-Type", "Last-Event-ID", "Range",
+                           "If-None-Match"],
             expose_headers=["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
                             "Content-Disposition", "ETag", "Location", "Content-Range"],
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and is_api_path(scope.get("path", "")):
-            await self.cors(scope, receive, send)
-        else:
+        if scope["type"] != "http" or not is_api_path(scope.get("path", "")):
             await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        preflight = scope["method"] == "OPTIONS" and origin and b"access-control-request-method" in headers
+        if preflight and not (self.any_origin or origin in self.origins):
+            await send({"type": "http.response.start", "status": 204,
+                        "headers": [(b"vary", b"Origin"), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self.cors(scope, receive, send)
 
 
 def install_security(app: Any, settings: Settings) -> None:
     """Middleware (CORS inside, headers outside, so errors and preflights get headers too)
     and the start-up warnings."""
-    origins = settings.cors_origin_list
-    if origins:
-        app.add_middleware(ApiCors, origins=origins)
+    app.add_middleware(ApiCors, origins=settings.cors_origin_list)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(GradioRangeGuard)
     keys = settings.api_key_list

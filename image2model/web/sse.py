@@ -1,5 +1,7 @@
 """Server-Sent Events for one job: a `progress` event on every change, then one of
-`completed`, `failed` or `cancelled`, then the end.
+`completed`, `failed` or `cancelled`, then the end. Each is followed by the same snapshot under
+the original image2model's name (`task_progress`, `task_completed`, `task_failed`), and preceded
+by one `file_update` per item that changed (see original_events.py).
 
 Every event carries the job's version as its `id:`, and its data is the full status snapshot
 (the same shape as GET /status/tasks/{id}), so a client that reconnects with Last-Event-ID
@@ -27,6 +29,7 @@ from typing import Any
 from image2model.errors import AppError
 from image2model.jobs.model import Job, JobState
 from image2model.jobs.service import JobService, Liveness, job_status
+from image2model.web.original_events import file_fields, gone_fields, item_key, job_fields, original_event
 
 TERMINAL_EVENTS = {
     JobState.SUCCEEDED: "completed",
@@ -39,18 +42,26 @@ HEARTBEAT = ": keep-alive\n\n"
 log = logging.getLogger(__name__)
 
 
+def encode(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 @dataclass(frozen=True)
 class Snapshot:
     job: Job
     data: str  # the status as JSON, encoded once per version
     visible: dict[str, Any]  # the status without the version: what a client can tell apart
+    original: str  # the status with the original API's fields, for its event names
+    files: tuple[tuple[tuple[Any, ...], str], ...]  # per item: what a file list shows, its file_update
 
     @classmethod
     def of(cls, job: Job, live: Liveness = Liveness()) -> Snapshot:
         status = job_status(job, live)
-        data = json.dumps(status, separators=(",", ":"))
+        data = encode(status)
+        files = tuple((item_key(item), encode(file_fields(status, item))) for item in status["items"])
+        original = encode(job_fields(status))
         status.pop("version")
-        return cls(job, data, status)
+        return cls(job, data, status, original, files)
 
     @property
     def version(self) -> int:
@@ -182,16 +193,27 @@ async def job_events(watchers: Watchers, job: Job, last_event_id: int | None, he
     sent = last_event_id if last_event_id is not None and last_event_id <= job.version else -1
     retry: int | None = retry_ms  # sent once, with the first event
     sent_visible: dict[str, Any] | None = None
+    sent_files: dict[int, tuple[Any, ...]] = {}
     async with watchers.watch(job) as watch:
         while True:
             snapshot, woken = watch.snapshot, watch.changed
             if snapshot is None:
-                gone = {"error": {"code": "job_not_found", "message": "The job was deleted or expired.",
-                                  "details": {}}}
-                yield format_event("error", json.dumps(gone), retry_ms=retry)
+                message = "The job was deleted or expired."
+                gone = {"error": {"code": "job_not_found", "message": message, "details": {}}}
+                yield (format_event("error", encode(gone), retry_ms=retry)
+                       + format_event(original_event("error"), encode({**gone, **gone_fields(message)})))
                 return
             if snapshot.version > sent and snapshot.visible != sent_visible:
-                yield format_event(snapshot.event, snapshot.data, snapshot.version, retry)
+                blocks = []
+                for index, (key, data) in enumerate(snapshot.files):
+                    if sent_files.get(index) != key:
+                        blocks.append(format_event("file_update", data))
+                        sent_files[index] = key
+                blocks.append(format_event(snapshot.event, snapshot.data, snapshot.version))
+                blocks.append(format_event(original_event(snapshot.event), snapshot.original))
+                if retry is not None:
+                    blocks[0] = f"retry: {retry}\n" + blocks[0]
+                yield "".join(blocks)  # one write: a client never gets half of a version
                 sent, sent_visible, retry = snapshot.version, snapshot.visible, None
             if snapshot.terminal:
                 return

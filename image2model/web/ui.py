@@ -27,6 +27,7 @@ from image2model.web.ui_form import (
     FAL_HINT,
     MODE_CHOICES,
     ParamForm,
+    OWN_KEY_INFO,
     available_models,
     build_form,
     default_model,
@@ -119,8 +120,8 @@ class Page:
         self.runtime = runtime
         self.settings = runtime.settings
         self.service = runtime.service
-        self.specs = available_models(self.settings)
-        self.start_model = first_model(runtime, self.specs)
+        self.start_model = first_model(runtime, available_models(self.settings))
+        self.specs = available_models(self.settings, own_key=True)  # a pasted key offers the FAL models
         self.latest: dict[str, object] = {}  # session -> token of its newest watcher; older ones stop
         self.session_jobs: dict[str, str] = {}  # session -> the job it started last
         self.starting = threading.Lock()  # a double click's two starts must not both create a job
@@ -153,8 +154,10 @@ class Page:
                                  fit_columns=False, allow_preview=False, interactive=False, buttons=[],
                                  visible=False, elem_id="thumbs")
         self.upload_note = gr.HTML(elem_id="upload-note", visible=False)
+        # allow_custom_value: Gradio checks a value against the choices the page was built with,
+        # and a pasted FAL key adds choices later (offer_models); the catalog checks it instead
         self.model = gr.Dropdown(model_choices(self.settings), value=self.start_model, label="Model",
-                                 elem_id="model")
+                                 elem_id="model", allow_custom_value=True)
         self.model_line = gr.Markdown(model_info(spec), elem_id="model-info")
         if not self.settings.fal_configured:
             gr.Markdown(FAL_HINT, elem_id="fal-hint")
@@ -165,6 +168,9 @@ class Page:
                                       info="The seed used is shown here after you press Generate.")
                 self.randomize = gr.Checkbox(value=True, label="Randomize seed", elem_id="randomize")
             self.form = build_form(self.specs, self.start_model)
+        with gr.Accordion("Your own FAL.AI key", open=False, elem_id="own-key-box"):
+            self.own_key = gr.Textbox(label="FAL.AI key", type="password", placeholder="key-id:key-secret",
+                                      info=OWN_KEY_INFO, elem_id="own-key", max_length=200)
         with gr.Row():
             self.generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
             self.cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel", interactive=False)
@@ -198,7 +204,7 @@ class Page:
     def _wire(self, demo: gr.Blocks) -> None:
         start_outputs = [self.job_box, self.notice, self.seed, self.recent, self.recent_pick]
         start_inputs = [self.files, self.model, self.mode, self.seed, self.randomize, self.recent, self.job_box,
-                        *self.form.inputs]
+                        self.own_key, *self.form.inputs]
         # Each of these may choose a job by setting the job box; its change starts the watcher.
         self.generate_btn.click(self.start, start_inputs, start_outputs, concurrency_limit=None,
                                 show_progress="minimal",
@@ -214,6 +220,8 @@ class Page:
 
         self.files.change(self.show_uploads, [self.files], [self.thumbs, self.upload_note, self.notice],
                           concurrency_limit=4, show_progress="hidden", **PRIVATE)
+        self.own_key.change(self.offer_models, [self.own_key, self.model], [self.model], concurrency_limit=None,
+                           show_progress="hidden", **PRIVATE)
         self.model.change(self.pick_model, [self.model, self.mode],
                           [self.mode, self.model_line, self.seed_row, self.seed, *self.form.groups.values(),
                            *self.form.inputs], concurrency_limit=None, show_progress="hidden", **PRIVATE)
@@ -249,16 +257,26 @@ class Page:
 
     def pick_model(self, model_id: str, current_mode: str) -> list[Any]:
         """A new model: its modes, its description, its settings at their defaults."""
-        spec = catalog()[model_id]
+        spec = catalog().get(model_id)
+        if spec is None:  # typed into the picker: Generate says what the models are
+            return [gr.skip()] * (4 + len(self.form.groups) + len(self.form.inputs))
         row, seed_value = seed_update(spec)
         return [gr.update(**mode_props(spec, current_mode)), model_info(spec), row, seed_value,
                 *self.form.reset(model_id)]
 
+    def offer_models(self, own_key: str | None, model_id: str) -> Any:
+        """With a key pasted, the FAL models are offered even when this server has no key."""
+        choices = model_choices(self.settings, own_key=bool((own_key or "").strip()))
+        ids = [value for _, value in choices]
+        return gr.update(choices=choices, value=model_id if model_id in ids else self.start_model)
+
     # --- starting and attaching ----------------------------------------------------------------
     def start(self, chosen: list[str] | None, model_id: str, mode_value: str, seed_value: Any,
-              random_seed: bool, stored: Any, current_job: str, request: gr.Request, *flat: Any) -> list[Any]:
+              random_seed: bool, stored: Any, current_job: str, own_key: str | None, request: gr.Request,
+              *flat: Any) -> list[Any]:
         try:
-            options = options_for(catalog()[model_id], self.form, list(flat), seed_value, random_seed)
+            spec = self.service.model_spec(model_id, own_key=bool((own_key or "").strip()))
+            options = options_for(spec, self.form, list(flat), seed_value, random_seed)
         except Exception as exc:  # noqa: BLE001 - shown in words, never as a traceback
             return [gr.skip(), note(friendly(exc)), gr.skip(), gr.skip(), gr.skip()]
         session = getattr(request, "session_hash", None) or ""
@@ -266,7 +284,7 @@ class Page:
             if self.still_running(current_job) or self.still_running(self.session_jobs.get(session)):
                 return [gr.skip(), note("This tab's job is still running: wait for it, or press Cancel "
                                         "first."), gr.skip(), gr.skip(), gr.skip()]
-            result = self.launch(chosen, model_id, mode_value, options, stored)
+            result = self.launch(chosen, model_id, mode_value, options, stored, own_key)
             if session and isinstance(result[0], str):
                 self.session_jobs[session] = result[0]
         return result
@@ -284,11 +302,11 @@ class Page:
         return [gr.update(value=LOCAL_MODEL), *self.launch(chosen, LOCAL_MODEL, "per_image", {}, stored)]
 
     def launch(self, chosen: list[str] | None, model_id: str, mode_value: str, options: dict[str, Any],
-               stored: Any) -> list[Any]:
+               stored: Any, own_key: str | None = None) -> list[Any]:
         """Create the job through the job service; errors become a notice in plain words."""
         uploads = uploads_from(chosen)
         try:
-            job = self.service.create_job(uploads, model=model_id, mode=mode_value, params=options)
+            job = self.service.create_job(uploads, model=model_id, mode=mode_value, params=options, fal_key=own_key)
         except Exception as exc:  # noqa: BLE001
             if self.service.upload_problems(uploads):  # already said under the photos: point there
                 return [gr.skip(), note("Fix what the note under the photos says, then press Generate again."),

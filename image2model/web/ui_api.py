@@ -6,6 +6,11 @@ only, because gradio_client downloads every file output on every update.
 
 (No `from __future__ import annotations` here: gr.api reads these functions' type hints to
 describe the endpoints, and string annotations of local functions would show as Any.)
+
+The docstrings are also the MCP tools' descriptions (image2model/web/mcp_tools.py). Gradio
+reads them line by line: the text before `Args:` is the description, each `name: text` line
+under `Args:` describes one parameter (a wrapped line would be dropped), and the lines under
+`Returns:` are joined with ", ". So every entry stays on one line, however long.
 """
 
 import asyncio
@@ -44,10 +49,10 @@ def parse_options(options: Any) -> dict[str, Any] | None:
 
 
 def create_job(runtime: Runtime, uploads: list[Upload], model: str | None, mode: str | None,
-               options: Any) -> dict[str, Any]:
+               options: Any, fal_key: str | None = None) -> dict[str, Any]:
     """Create the job (blocking: it reads and copies the images) and return its status."""
     job = runtime.service.create_job(uploads, model=model or None, mode=mode or None,
-                                     params=parse_options(options))
+                                     params=parse_options(options), fal_key=fal_key if isinstance(fal_key, str) else None)
     return runtime.service.status(job)
 
 
@@ -82,13 +87,25 @@ def register_api(runtime: Runtime) -> None:
     service = runtime.service
 
     async def generate(images: list[Any] | None, model: str | None, mode: str | None, options: Any,
+                       fal_key: str | None = "",
                        progress: gr.Progress = gr.Progress()) -> AsyncIterator[tuple[dict[str, Any], Any]]:
-        """Turn images (1 to 25 by default) into 3D models. model: a catalog id ("" for the default); mode:
-        "per_image" or "multi_view" ("" for the model's first); options: a JSON object of the
-        model's parameters. Streams the job status while it runs; the last update carries the
-        result files (GLB models, and previews when the model makes them)."""
+        """Turn photos of objects into 3D models (GLB files): one model per photo, or one model from
+        several views of one object. Waits until every model is made: seconds with the offline
+        model, minutes with a FAL model.
+
+        Args:
+            images: the photos (1 to 25 by default; JPEG, PNG, WebP, HEIC, ...), each a public http(s) URL or a data: URI.
+            model: a model id from the `models` tool, e.g. "local/relief"; "" for the default model.
+            mode: "per_image" (one model per photo) or "multi_view" (one model from all photos); "" for the model's first.
+            options: the model's parameters as a JSON object, e.g. {"seed": 1}; {} for its defaults (see `models`).
+            fal_key: optional, your own FAL.AI key: FAL models then run on your account (never stored after the job, never shown); "" for this server's.
+
+        Returns:
+            the job status (job_id, state, and per photo its message, error and files) and the list of result files, each with an absolute `url` to download it (the GLB models, and previews for some models).
+        """
         try:
-            status = await asyncio.to_thread(create_job, runtime, uploads_from(images), model, mode, options)
+            status = await asyncio.to_thread(create_job, runtime, uploads_from(images), model, mode, options,
+                                             fal_key)
             async for status in follow_job(service, status["job_id"]):
                 progress(status["progress"] / 100, desc=f"{status['counts']['succeeded']} of "
                          f"{len(status['items'])} models ready")
@@ -100,21 +117,40 @@ def register_api(runtime: Runtime) -> None:
             raise gr.Error(friendly(exc), print_exception=False) from None
 
     def job_status(job_id: str) -> dict[str, Any]:
-        """The status of a job: its state, progress and each image's result files (as URLs)."""
+        """The status of a job made by `generate`: its state, progress, and each photo's progress,
+        message, error and result files.
+
+        Args:
+            job_id: the job_id that `generate` returned.
+
+        Returns:
+            job_id, state (queued, running, succeeded, partial, failed or cancelled), progress (0 to 100), and items: per photo its state, message, error and files, each file with a `url` relative to this server (e.g. /api/v1/download/<job_id>/duck.glb).
+        """
         try:
             return service.status(service.get(job_id))
         except Exception as exc:  # noqa: BLE001
             raise gr.Error(friendly(exc), print_exception=False) from None
 
     def cancel_job(job_id: str) -> dict[str, Any]:
-        """Stop a job: waiting images never start, running ones stop; finished results stay."""
+        """Stop a job: waiting photos never start, running ones stop; finished models stay.
+
+        Args:
+            job_id: the job_id that `generate` returned.
+
+        Returns:
+            the job's status afterwards, as `job_status` gives it.
+        """
         try:
             return service.status(service.cancel(job_id))
         except Exception as exc:  # noqa: BLE001
             raise gr.Error(friendly(exc), print_exception=False) from None
 
     def models() -> list[dict[str, Any]]:
-        """The model catalog: ids, descriptions, modes, view order and typed parameters."""
+        """The 3D models this server offers, to choose `model`, `mode` and `options` for `generate`.
+
+        Returns:
+            per model its id, description, whether it is available here (and why not), the default one, its modes, the view order for multi_view, and its parameters with types, defaults, ranges and choices.
+        """
         return service.models()
 
     with gr.Group(visible=False):
@@ -122,11 +158,14 @@ def register_api(runtime: Runtime) -> None:
         model = gr.Textbox("", label="model")
         mode = gr.Textbox("", label="mode")
         options = gr.JSON({}, label="options")
+        fal_key = gr.Textbox("", label="fal_key", type="password")
         status = gr.JSON(label="status")
         files = gr.File(file_count="multiple", label="files")
     trigger = gr.Button(visible=False)
-    trigger.click(generate, [images, model, mode, options], [status, files], api_name="generate",
-                  concurrency_limit=None, show_progress="hidden")
+    # preprocess=False: `images` arrive as FileData dicts (Gradio still checks their paths), so
+    # the name a client gave (orig_name) names the results, not the temp file's "blob".
+    trigger.click(generate, [images, model, mode, options, fal_key], [status, files], api_name="generate",
+                  concurrency_limit=None, show_progress="hidden", preprocess=False)
     gr.api(job_status, api_name="job_status", concurrency_limit=None)
     gr.api(cancel_job, api_name="cancel_job", concurrency_limit=None)
     gr.api(models, api_name="models", concurrency_limit=None)

@@ -15,21 +15,46 @@ from image2model.errors import AppError
 from image2model.jobs.model import Job
 from image2model.jobs.service import JobService, Upload
 from image2model.media.archive import write_zip
+from image2model.media.images import image_extension
 from image2model.media.meshes import convert
 from image2model.storage import FileStore, safe_name
 
 
+# Base names that say nothing: @gradio/client uploads a Blob or Buffer as "blob".
+PLACEHOLDER_NAMES = {"blob", "unknown"}
+
+
 def upload_path(file: Any) -> str:
-    """The temp path of one gr.File value (a path string, or an object with `.name`/`path`)."""
+    """The temp path of one gr.File value (a path string, a FileData dict, or an object with
+    `.name`/`path`)."""
     if isinstance(file, dict):
         return str(file.get("path") or file.get("name"))
     return str(getattr(file, "path", None) or getattr(file, "name", None) or file)
 
 
+def given_name(file: Any, path: Path) -> str:
+    """The name the sender gave the file: FileData.orig_name when the client sent one (the
+    JavaScript client's handle_file("dir/duck.png") uploads a nameless blob with that orig_name),
+    else the temp file's base name (Gradio keeps the uploaded file name there); "" for none."""
+    orig = file.get("orig_name") if isinstance(file, dict) else getattr(file, "orig_name", None)
+    for candidate in (orig, path.name):
+        base = os.path.basename(str(candidate or "").replace("\\", "/")).strip()
+        if base and base.lower() not in PLACEHOLDER_NAMES:
+            return base
+    return ""
+
+
 def uploads_from(files: Sequence[Any] | None) -> list[Upload]:
-    """Gradio keeps each upload's original name as the temp file's base name."""
-    paths = [Path(upload_path(f)) for f in files or []]
-    return [Upload(name=path.name, path=path) for path in paths]
+    """Each upload under the name its sender gave it; a nameless one (a Blob from JavaScript)
+    becomes image-<n> with the extension of its content, as hosted models want one."""
+    if isinstance(files, (str, dict)):  # one file sent without its list
+        files = [files]
+    uploads = []
+    for n, file in enumerate(files or [], start=1):
+        path = Path(upload_path(file))
+        name = given_name(file, path) or f"image-{n}{image_extension(path)}"
+        uploads.append(Upload(name=name, path=path))
+    return uploads
 
 
 def exports_dir(files: FileStore, job_id: str) -> Path:

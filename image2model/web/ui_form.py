@@ -20,17 +20,20 @@ from image2model.jobs.service import get_default_model_id
 
 MODE_CHOICES = [("One model per image", Mode.PER_IMAGE.value),
                 ("One model from several views", Mode.MULTI_VIEW.value)]
-FAL_HINT = ("FAL.AI models (TRELLIS, Hunyuan3D, Tripo, Rodin and more) appear here when the server has a "
-            "FAL.AI key: set `FAL_KEY` in its environment (a *secret* on a Hugging Face Space).")
+FAL_HINT = ("FAL.AI models (TRELLIS, Hunyuan3D, Tripo, Rodin and more) appear here when you paste your own "
+            "FAL.AI key under **Your own FAL.AI key**, or when the server has one (`FAL_KEY` in its "
+            "environment, a *secret* on a Hugging Face Space).")
+OWN_KEY_INFO = ("Optional. FAL models then run on your FAL.AI account, not this server's, and its hourly limit "
+                "does not apply. Your key is kept sealed only while your job runs, and never shown.")
 
 
-def available_models(settings: Settings) -> list[ModelSpec]:
-    return [spec for spec in catalog().values() if availability(spec, settings.fal_configured)[0]]
+def available_models(settings: Settings, own_key: bool = False) -> list[ModelSpec]:
+    return [spec for spec in catalog().values() if availability(spec, settings.fal_configured or own_key)[0]]
 
 
-def model_choices(settings: Settings) -> list[tuple[str, str]]:
+def model_choices(settings: Settings, own_key: bool = False) -> list[tuple[str, str]]:
     """Each model with its one-line description, as the picker shows it."""
-    return [(f"{spec.label} — {spec.description}", spec.id) for spec in available_models(settings)]
+    return [(f"{spec.label} — {spec.description}", spec.id) for spec in available_models(settings, own_key)]
 
 
 def model_info(spec: ModelSpec) -> str:

@@ -19,10 +19,11 @@ from typing import Any, Callable
 from image2model.config import Settings
 from image2model.errors import AppError
 from image2model.jobs.model import Item, ItemError, ItemState, Job, ResultFile
-from image2model.jobs.store import JobStore, StoreUnavailable
+from image2model.jobs.store import JobStore, StoreUnavailable, forget_key_when_over
 from image2model.media.meshes import mesh_stats
 from image2model.providers.base import ItemCancelled, ItemFailed, Provider
 from image2model.providers.catalog import ModelSpec, catalog
+from image2model.sealing import KeyUnreadable
 from image2model.storage import FileStore
 from image2model.worker.liveness import known_dead, owner_process, pid_gone, worker_name
 from image2model.outage import store_outage
@@ -58,6 +59,7 @@ class LiveItemRun:
     job: Job
     deadline: float
     request_id: str | None
+    fal_key: str = ""
     submit_record: dict[str, Any] = field(default_factory=dict)
     inputs: list[Path] = field(default_factory=list)
     work_dir: Path = Path()
@@ -154,8 +156,10 @@ class LiveItemRun:
 class ItemRunner:
     def __init__(self, store: JobStore, files: FileStore, settings: Settings,
                  providers: dict[str, Provider], enqueue: Callable[[str, int], None],
-                 pending_tasks: Callable[[], set[tuple[str, int]]] | None = None):
+                 pending_tasks: Callable[[], set[tuple[str, int]]] | None = None,
+                 open_key: Callable[[str], str] | None = None):
         self.store = store
+        self.open_key = open_key  # unseals a person's own FAL key (see image2model/sealing.py)
         self.files = files
         self.settings = settings
         self.providers = providers
@@ -267,7 +271,7 @@ class ItemRunner:
             store=self.store, files=self.files, settings=self.settings, job_id=job.id, index=item.index,
             worker=worker, spec=spec, job=job,
             deadline=(item.started_at or time.time()) + self.settings.item_deadline_seconds,
-            request_id=item.request_id,
+            request_id=item.request_id, fal_key=self._own_key(job),
             submit_record=dict(item.fal_submit),
             inputs=[inputs_dir / name for name in item.inputs],
             work_dir=self.files.job_dir(job.id) / "prepared",
@@ -277,6 +281,22 @@ class ItemRunner:
             poll_seconds=self.settings.fal_poll_seconds,
             stopping=self.stopping,
         )
+
+    def _own_key(self, job: Job) -> str:
+        """The person's FAL key for this job, opened just for this run ("" for the server's)."""
+        if not job.own_fal_key:
+            return ""
+        sealed = self.store.job_key(job.id)
+        if sealed is None:
+            raise AppError("fal_key_gone", "The FAL key you gave for this job is no longer here (keys are "
+                           "forgotten when a job ends); please start again with your key.", 409)
+        try:
+            assert self.open_key is not None
+            return self.open_key(sealed)
+        except KeyUnreadable:
+            raise AppError("fal_key_unreadable", "This worker cannot read the FAL key you gave: its SECRET_KEY "
+                           "differs from the web server's. The operator must set the same SECRET_KEY on "
+                           "every machine.", 500) from None
 
     def _run_with_retries(self, provider: Provider, run: LiveItemRun):  # noqa: ANN202
         retries = self.settings.fal_retries
@@ -351,12 +371,16 @@ class ItemRunner:
         give_up = time.monotonic() + FINISH_PATIENCE_SECONDS
         while True:
             try:
-                return self.store.update_item(job_id, index, patch, expect_state=expect or [ItemState.RUNNING],
+                done = self.store.update_item(job_id, index, patch, expect_state=expect or [ItemState.RUNNING],
                                               expect_worker=worker, unless_cancelled=unless_cancelled)
+                break
             except StoreUnavailable:
                 if time.monotonic() > give_up:
                     raise
                 time.sleep(STORE_RETRY_SECONDS)
+        if done is not None:
+            forget_key_when_over(self.store, job_id)
+        return done
 
     # --- housekeeping ---------------------------------------------------------------------
     def reap(self, now: float | None = None) -> list[tuple[str, int]]:
@@ -427,9 +451,13 @@ class ItemRunner:
         provider = self.providers.get(spec.provider)
         if provider is None:
             return
+        try:
+            key = self._own_key(job)
+        except AppError:
+            return  # the key is gone: nothing can reach that request any more
         run = LiveItemRun(store=self.store, files=self.files, settings=self.settings, job_id=job.id,
                           index=item.index, worker="reaper", spec=spec, job=job, deadline=0,
-                          request_id=item.request_id)
+                          request_id=item.request_id, fal_key=key)
         provider.cancel(run)
 
     def cleanup(self, now: float | None = None) -> list[str]:
