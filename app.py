@@ -20,6 +20,8 @@ from image2model.config import get_settings
 from image2model.logs import setup_logging
 from image2model.memory import limit_malloc_arenas
 from image2model.runtime import Runtime, get_runtime
+from image2model.web.access_log import AccessLog
+from image2model.web.admin import ADMIN_PATH, mount_admin
 from image2model.web.api import build_api
 from image2model.web.mcp_tools import LoopbackToSelf, repair_mcp_server
 from image2model.web.ui import UI_CSS, UI_HEAD, UI_THEME, build_ui
@@ -35,9 +37,9 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if settings.run_embedded_worker:
             runtime.start_consumer()
-        log.info("image2model ready: data_dir=%s queue=%s fal=%s mcp=%s", settings.data_dir,
+        log.info("image2model ready: data_dir=%s queue=%s fal=%s mcp=%s admin=%s", settings.data_dir,
                  "redis" if settings.use_redis else "sqlite", "configured" if settings.fal_configured else "off",
-                 "/gradio_api/mcp/" if settings.mcp_enabled else "off")
+                 "/gradio_api/mcp/" if settings.mcp_enabled else "off", ADMIN_PATH if settings.admin_key else "off")
         try:
             yield
         finally:
@@ -46,6 +48,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app = FastAPI(title="image2model", version="1.0", lifespan=lifespan,
                   description="Turn photos into 3D models.")
     build_api(app, runtime)
+    if settings.admin_key:  # before the page at "/", which would answer every path under it
+        quiet_gradio_queue(mount_admin(app, runtime))
     blocks = build_ui(runtime)
     quiet_gradio_queue(blocks)
     gr.mount_gradio_app(
@@ -60,6 +64,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     if settings.mcp_enabled:
         repair_mcp_server(blocks, settings.max_images)
         app.add_middleware(LoopbackToSelf, blocks=blocks)
+    if settings.access_log != "off":  # added last, so it is the outermost layer and sees every answer
+        app.add_middleware(AccessLog, errors_only=settings.access_log == "errors")
     return app
 
 
@@ -77,10 +83,11 @@ def quiet_gradio_queue(blocks: gr.Blocks) -> None:
 
 def main() -> None:
     settings = get_settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     limit_malloc_arenas()
     uvicorn.run(create_app(), host=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), port=settings.port,
-                log_config=None, timeout_graceful_shutdown=30,
+                log_config=None, access_log=False,  # ACCESS_LOG: image2model/web/access_log.py
+                timeout_graceful_shutdown=30,
                 proxy_headers=False)  # TRUSTED_PROXIES alone decides whom to believe
 
 

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # Web (used by later layers; listed here so every setting lives in one place).
     port: int = Field(default=7860, validation_alias=AliasChoices("PORT", "GRADIO_SERVER_PORT"))
     log_level: str = "INFO"
+    log_format: Literal["logfmt", "json"] = "logfmt"  # one event per line either way
+    # A line for every request costs about 15 % of the status endpoint's throughput: by default
+    # only requests answered with an error are logged (5xx at warning level).
+    access_log: Literal["errors", "all", "off"] = "errors"
 
     # Page: the browser keeps a list of recent job ids in localStorage under this key,
     # encrypted with this secret. Both are fixed so the list survives a restart. The secret
@@ -89,6 +93,8 @@ class Settings(BaseSettings):
 
     # REST API access (image2model/web/security.py). Lists are comma-separated.
     api_keys: str = Field(default="", repr=False)  # empty: /api/v1 is open (a warning is logged)
+    # The operator's page at /admin (login: admin / this key). Empty: there is no such page.
+    admin_key: str = Field(default="", repr=False)
     rate_limit_api: str = "100/minute"  # per key, or per client address without one; "off" = none
     rate_limit_upload: str = "10/minute"  # job creation, on top of rate_limit_api; "off" = none
     trusted_proxies: str = ""  # IPs/CIDRs whose X-Forwarded-For is believed, e.g. "10.0.0.0/8"
@@ -99,11 +105,22 @@ class Settings(BaseSettings):
     # Seals users' own FAL keys at rest and signs job tokens; the same on every machine.
     # Empty: one is made at first start and kept in the job store (SQLite or Redis).
     secret_key: str = Field(default="", repr=False)
+    # Metrics (Prometheus). /metrics on the web process needs `Authorization: Bearer <token>`;
+    # empty = /metrics is off (it shows volumes). A huey_consumer serves its own on this port
+    # (0 = off), bound to this address (a private one: it has no token).
+    metrics_token: str = Field(default="", repr=False)
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_metrics_address: str = "127.0.0.1"
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
     sse_retry_ms: int = Field(default=3000, ge=0)
     # MCP server for AI agents at /gradio_api/mcp/. None: on without a FAL key (the offline
     # model costs nothing), off with one, because every call an agent makes spends money.
     mcp_server: bool | None = None
+
+    @field_validator("log_format", "access_log", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("rate_limit_api", "rate_limit_upload")
     @classmethod

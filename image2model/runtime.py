@@ -58,6 +58,7 @@ class Runtime:
         self.consumer: InProcessConsumer | None = None
         self.housekeeper: Housekeeper | None = None
         self._housekeeping_lock = threading.Lock()
+        self._metrics_served = False
 
     def enqueue(self, job_id: str, index: int) -> None:
         self.tasks.run_item(job_id, index)
@@ -88,6 +89,17 @@ class Runtime:
         with self._housekeeping_lock:
             if self.housekeeper is None:
                 self.housekeeper = Housekeeper(self.runner, self.store, self.settings, workers).start()
+
+    def serve_worker_metrics(self) -> None:
+        """A huey_consumer's own /metrics (WORKER_METRICS_PORT), started once per process."""
+        port = self.settings.worker_metrics_port
+        with self._housekeeping_lock:
+            if port and not self._metrics_served:
+                from prometheus_client import start_http_server
+
+                start_http_server(port, addr=self.settings.worker_metrics_address)
+                self._metrics_served = True
+                log.info("worker metrics on http://%s:%d/metrics", self.settings.worker_metrics_address, port)
 
     def stop_consumer(self) -> None:
         """Stop taking tasks, hand running items back to the queue, then drain."""

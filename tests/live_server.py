@@ -18,6 +18,7 @@ class LiveServer:
         self.port = port
         self.app = create_app(runtime)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", proxy_headers=False,
+                                access_log=False,  # as app.py: ACCESS_LOG decides (image2model/web/access_log.py)
                                 timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn:{port}", daemon=True)

@@ -64,3 +64,15 @@ def test_the_page_hears_the_same_problems_create_job_would_refuse(runtime_factor
         runtime.service.create_job(good * 3)
     assert too_many == [counted.value.message]
     assert runtime.store.all_job_ids() == []
+
+
+def test_an_upload_that_vanished_before_the_job_is_refused_in_words(runtime_factory, tmp_path) -> None:  # noqa: ANN001
+    """Gradio's upload cache is shared by every Gradio process on a host, and one that stops
+    deletes what it made, another's copy of the same photo included."""
+    from image2model.jobs.service import Upload
+
+    runtime = runtime_factory()
+    with pytest.raises(AppError) as refused:
+        runtime.service.create_job([Upload("duck.png", tmp_path / "gone" / "duck.png")])
+    assert refused.value.code == "upload_gone" and "'duck.png' is no longer on the server" in refused.value.message
+    assert runtime.store.all_job_ids() == [] and runtime.files.job_ids() == []

@@ -293,6 +293,9 @@ class RedisJobStore(JobStore):
     def all_job_ids(self) -> list[str]:
         return list(self.redis.zrange(PREFIX + "created", 0, -1))
 
+    def recent_job_ids(self, limit: int) -> list[str]:
+        return list(self.redis.zrevrange(PREFIX + "created", 0, limit - 1)) if limit > 0 else []
+
     def record_duration(self, model: str, seconds: float) -> None:
         key = PREFIX + "durations"
         with self.redis.pipeline(transaction=True) as pipe:

@@ -19,8 +19,10 @@ from typing import Any
 from image2model.config import Settings
 from image2model.errors import AppError, disk_full_error, is_disk_full
 from image2model.jobs.model import Item, ItemState, Job, Mode
-from image2model.jobs.store import JobStore, forget_key_when_over
+from image2model.jobs.endings import item_ended
+from image2model.jobs.store import JobStore
 from image2model.media.images import inspect_image
+from image2model.metrics import ITEMS_CREATED, JOBS_CREATED, UPLOADS_REFUSED
 from image2model.media.polyglot import check_single_format
 from image2model.providers.catalog import ModelSpec, availability, catalog, get_model
 from image2model.storage import FileStore, safe_name, unique_stems
@@ -70,6 +72,17 @@ class JobService:
         """Validate everything, then store and queue. Nothing is queued unless all is well.
         `fal_key`: the person's own FAL key; their FAL job runs on it alone and is not counted
         by this server's spending guard (the offline model needs none, so it is not kept)."""
+        try:
+            job = self._create_job(uploads, model, mode, params, owner, fal_key)
+        except AppError as exc:
+            UPLOADS_REFUSED.labels(exc.code).inc()
+            raise
+        JOBS_CREATED.labels(job.model).inc()
+        ITEMS_CREATED.labels(job.model).inc(len(job.items))
+        return job
+
+    def _create_job(self, uploads: Sequence[Upload], model: str | None, mode: str | None,
+                    params: dict[str, Any] | None, owner: str, fal_key: str | None) -> Job:
         self._check_count(len(uploads))
         own_key = check_fal_key(fal_key)
         spec = self.model_spec(model, own_key=bool(own_key))
@@ -177,7 +190,11 @@ class JobService:
 
     def _check_file(self, path: Path, name: str) -> None:
         limit = int(self.settings.max_image_mb * 1024 * 1024)
-        size = path.stat().st_size
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:  # e.g. another Gradio process on this host cleared its shared cache
+            raise AppError("upload_gone", f"'{name}' is no longer on the server (it was cleared before the job "
+                           "started); please add it again.", 400, {"file": name}) from None
         if size > limit:
             raise AppError("file_too_large", f"'{name}' is {size / 1048576:.1f} MB; the limit is "
                            f"{self.settings.max_image_mb:g} MB per image.", 413, {"file": name})
@@ -235,11 +252,12 @@ class JobService:
         job = self.get(job_id, owner)
         for item in job.items:
             if item.state == ItemState.QUEUED:
-                self.store.update_item(job_id, item.index,
-                                       {"state": ItemState.CANCELLED, "message": "Cancelled",
-                                        "finished_at": time.time()},
-                                       expect_state=[ItemState.QUEUED])
-        forget_key_when_over(self.store, job_id)
+                cancelled = self.store.update_item(job_id, item.index,
+                                                   {"state": ItemState.CANCELLED, "message": "Cancelled",
+                                                    "finished_at": time.time()},
+                                                   expect_state=[ItemState.QUEUED])
+                if cancelled is not None:
+                    item_ended(self.store, job_id, item.index)
         log.info("job cancel requested", extra={"job_id": job_id})
         return self.get(job_id, owner)
 

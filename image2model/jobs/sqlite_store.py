@@ -252,6 +252,10 @@ class SqliteJobStore(JobStore):
     def all_job_ids(self) -> list[str]:
         return [r[0] for r in self._conn.execute("SELECT id FROM jobs").fetchall()]
 
+    def recent_job_ids(self, limit: int) -> list[str]:
+        rows = self._conn.execute("SELECT id FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+        return [r[0] for r in rows]
+
     def record_duration(self, model: str, seconds: float) -> None:
         def update(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT seconds FROM durations WHERE model = ?", (model,)).fetchone()

@@ -126,6 +126,10 @@ class JobStore(ABC):
     @abstractmethod
     def all_job_ids(self) -> list[str]: ...
 
+    @abstractmethod
+    def recent_job_ids(self, limit: int) -> list[str]:
+        """The newest jobs first, at most `limit` (what an operator looks at)."""
+
     # --- learned model durations --------------------------------------------------------
     @abstractmethod
     def record_duration(self, model: str, seconds: float) -> None: ...
@@ -172,13 +176,6 @@ class JobStore(ABC):
 
     async def wait_for_change_async(self, job_id: str, since: int, timeout: float) -> int | None:
         return await self.changes.wait_async(job_id, since, timeout)
-
-
-def forget_key_when_over(store: JobStore, job_id: str) -> None:
-    """A person's own FAL key is kept only while their job can still use it."""
-    job = store.get(job_id)
-    if job is not None and job.own_fal_key and job.state.terminal:
-        store.drop_job_key(job_id)
 
 
 DELETED_VERSION = 2**62  # announced when a job is deleted, so every waiter wakes and finds it gone

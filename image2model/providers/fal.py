@@ -33,6 +33,9 @@ import httpx
 from fal_client.auth import MissingCredentialsError
 
 from image2model.media.images import prepare_image
+from image2model.metrics import (
+    DOWNLOAD, FAL_RECONCILIATIONS, FAL_RESUMES, count_fal_error, count_fal_response, timed,
+)
 from image2model.providers.base import ItemFailed, ItemRun, ProviderOutput
 from image2model.providers.reconcile import RequestHistory, SubmitLedger
 
@@ -248,7 +251,8 @@ class FalProvider:
         """Plain HTTP, one try per call, for everything that is not an upload."""
         with self._lock:
             if self._plain is None:
-                self._plain = httpx.Client(follow_redirects=True, timeout=self.call_timeout)
+                self._plain = httpx.Client(follow_redirects=True, timeout=self.call_timeout,
+                                           event_hooks={"response": [count_fal_response]})
             return self._plain
 
     def run(self, item: ItemRun) -> ProviderOutput:
@@ -262,10 +266,12 @@ class FalProvider:
         except fal_client.FalClientHTTPError as exc:
             raise classify_http_error(exc.status_code, exc.message, own_key=bool(item.fal_key)) from exc
         except (fal_client.FalClientTimeoutError, httpx.TimeoutException) as exc:
+            count_fal_error(method_of(exc))
             raise ItemFailed("fal_unavailable", f"FAL did not answer in time: {exc}", retryable=True) from exc
         except httpx.HTTPStatusError as exc:
             raise self._refused(exc.response, item) from exc
         except httpx.TransportError as exc:
+            count_fal_error(method_of(exc))
             raise ItemFailed("fal_unavailable", f"Could not reach FAL: {exc}", retryable=True) from exc
         except MissingCredentialsError as exc:
             raise ItemFailed("fal_key_missing", "No FAL key is configured: set FAL_KEY.") from exc
@@ -286,6 +292,7 @@ class FalProvider:
             request_id = self._submit_once(item, ledger, spec.fal_arguments(urls, item.params, item.mode))
         else:
             item.progress(5, "Resuming the FAL request")
+            FAL_RESUMES.inc()
             log.info("fal resumed", extra={"job_id": item.job_id, "item": item.index, "request_id": request_id})
         handle = client.get_handle(spec.id, request_id)
         run_seconds = self._wait(item, handle)
@@ -305,9 +312,11 @@ class FalProvider:
             response = self._http().post(url, json=arguments, headers=self._auth(item),
                                          timeout=httpx.Timeout(self.submit_timeout, connect=self.call_timeout))
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached FAL: nothing was paid
+            count_fal_error("POST")
             ledger.clear_intent()
             raise ItemFailed("fal_unavailable", f"Could not reach FAL: {exc}", retryable=True) from exc
         except httpx.HTTPError as exc:  # sent, and the answer is lost
+            count_fal_error("POST")
             log.warning("fal submit answer lost: %s", exc, extra=ctx)
             return self._after_lost_answer(item, ledger, f"FAL's answer to this photo was lost ({type(exc).__name__})")
         if response.status_code == 408 or response.status_code >= 500:
@@ -340,19 +349,23 @@ class FalProvider:
         verdict = history.find(item, ledger, self.reconcile_seconds)
         ctx = {"job_id": item.job_id, "item": item.index, "request_id": verdict.request_id}
         if verdict.request_id:
+            FAL_RECONCILIATIONS.labels("adopted").inc()
             item.remember_request(verdict.request_id)
             ledger.note(f"{why}; found it in FAL's history and carried on with it (not paid twice)")
             log.info("fal request adopted from history", extra=ctx)
             return verdict.request_id
         if verdict.absent:
+            FAL_RECONCILIATIONS.labels("absent").inc()
             ledger.clear_intent(f"{why}; FAL's history shows it never arrived, so it was sent again")
             log.info("fal request not in history; resubmitting", extra=ctx)
             return None
         if self.uncertain_submit == "resubmit":
+            FAL_RECONCILIATIONS.labels("undecided_resubmitted").inc()
             ledger.clear_intent(f"{why}; FAL's history could not tell ({verdict.reason}), so it was sent "
                                 "again as configured (it may be charged twice)")
             log.warning("fal history undecided (%s); resubmitting as configured", verdict.reason, extra=ctx)
             return None
+        FAL_RECONCILIATIONS.labels("undecided_failed").inc()
         ledger.note(f"{why}; FAL's history could not tell whether it arrived ({verdict.reason})")
         log.warning("fal history undecided (%s); failing the item", verdict.reason, extra=ctx)
         raise ItemFailed("fal_submit_uncertain",
@@ -468,7 +481,7 @@ class FalProvider:
     def _download(self, url: str, target: Path, item: ItemRun) -> None:
         cap = item.max_result_bytes
         timeout = httpx.Timeout(DOWNLOAD_TIMEOUT_SECONDS, connect=self.call_timeout)
-        with self._http().stream("GET", url, timeout=timeout) as response:
+        with timed(DOWNLOAD), self._http().stream("GET", url, timeout=timeout) as response:
             response.raise_for_status()
             declared = int(response.headers.get("content-length") or 0)
             if declared > cap:
@@ -493,6 +506,14 @@ class FalProvider:
             log.info("fal cancel sent: HTTP %d", response.status_code, extra=ctx)
         except httpx.HTTPError as exc:
             log.warning("fal cancel failed: %s", exc, extra=ctx)
+
+
+def method_of(exc: Exception) -> str:
+    """The HTTP method of the request a transport error belongs to."""
+    try:
+        return exc.request.method  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError when no request is set
+        return "unknown"
 
 
 def checked(chunks: Iterable[bytes], item: ItemRun) -> Iterator[bytes]:

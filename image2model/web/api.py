@@ -28,11 +28,13 @@ from starlette.routing import Match, Mount
 from image2model.errors import AppError
 from image2model.jobs.model import Job
 from image2model.jobs.service import JobService, Upload, file_url
+from image2model.metrics import UPLOADS_REFUSED
 from image2model.providers.catalog import catalog
 from image2model.runtime import Runtime
 from image2model.storage import check_job_id
 from image2model.web import downloads
 from image2model.web.envelope import HttpAppError, install_error_handlers
+from image2model.web.metrics_route import add_metrics_route
 from image2model.web.schemas import (
     STREAM_EVENT_MODELS, DeleteResponse, DownloadList, ErrorEnvelope, Health, JobLinks, JobStatus, ModelList,
     OriginalHealth, Ready, ResultFileInfo, UploadResponse,
@@ -125,6 +127,7 @@ def build_api(app: FastAPI, runtime: Runtime) -> None:
     _catalog_routes(router, api)
     app.include_router(router)
     _health_routes(app, api)
+    add_metrics_route(app, runtime, api.watchers)
     _fallback_route(app)
     _document_auth(app, api.security.keys.required)
 
@@ -174,7 +177,11 @@ def _job_routes(router: APIRouter, api: Api) -> None:
     async def upload(request: Request, response: Response, caller: Caller = Depends(upload_caller),
                      fal_key: str | None = Header(None, alias="X-Fal-Key", description=FAL_KEY_HELP)) -> dict:
         """Start a job. The images are streamed to disk with the size cap enforced while reading."""
-        form = await receive_form(request, api.incoming, api.limits)
+        try:
+            form = await receive_form(request, api.incoming, api.limits)
+        except AppError as exc:  # refused before the job service saw it (size, type, form)
+            UPLOADS_REFUSED.labels(exc.code).inc()
+            raise
         try:
             job, notes = await run_in_threadpool(_create_job, api, form, caller, fal_key)
         finally:

@@ -37,6 +37,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from image2model.config import Settings
+from image2model.metrics import UPLOADS_REFUSED
 from image2model.web.envelope import HttpAppError
 from image2model.web.tokens import JobTokens
 
@@ -271,6 +272,8 @@ class ApiSecurity:
             headers = verdict.headers(now)
             setattr(request.state, RATE_STATE, headers)
             if not verdict.allowed:
+                if group == "upload":
+                    UPLOADS_REFUSED.labels("rate_limited").inc()
                 wait = headers["Retry-After"]
                 raise HttpAppError("rate_limited", f"Too many requests; try again in {wait} s.", 429,
                                    {"limit": verdict.limit, "retry_after": int(wait)}, headers=headers)

@@ -65,7 +65,7 @@ class Housekeeper:
         try:
             self.store.mark_alive(self.process, now, self.settings.worker_ttl_seconds, {
                 "host": socket.gethostname(), "pid": os.getpid(), "workers": self.workers,
-                "started_at": self._started_at})
+                "started_at": self._started_at, "seen_at": now})
             store_outage.ok()
             if self._reap_from < 0:
                 # Everyone's heartbeats and liveness stopped during the outage, not their work:

@@ -6,12 +6,25 @@ It builds the runtime from the same environment as the web app (REDIS_URL, DATA_
 shared volume, FAL_KEY), so a job created by the web process runs here.
 """
 
+import logging
+
+from huey.consumer_options import ConsumerConfig
+
 from image2model.config import get_settings
 from image2model.logs import setup_logging
 from image2model.memory import limit_malloc_arenas
 from image2model.runtime import get_runtime
 
-setup_logging(get_settings().log_level)
+
+def _huey_logs_through_ours(config: ConsumerConfig, logger: logging.Logger | None = None) -> None:
+    """`huey_consumer` gives the `huey` logger a handler of its own (its own format) right after
+    importing this module: every huey line would come twice, once not as our format. Keep
+    only its level (-v, -q); our root handler prints the lines (so `-l FILE` is not used)."""
+    (logger or logging.getLogger()).setLevel(config.loglevel)
+
+
+ConsumerConfig.setup_logger = _huey_logs_through_ours  # type: ignore[method-assign]
+setup_logging(get_settings().log_level, get_settings().log_format)
 limit_malloc_arenas()
 runtime = get_runtime()
 huey = runtime.huey
@@ -22,3 +35,4 @@ def start_housekeeping() -> None:
     """Runs in every worker as it starts: the first one of each process starts that process's
     housekeeping (liveness, reaper, cleanup), so no consumer is special."""
     runtime.start_housekeeping(runtime.settings.workers)
+    runtime.serve_worker_metrics()

@@ -19,8 +19,11 @@ from typing import Any, Callable
 from image2model.config import Settings
 from image2model.errors import AppError
 from image2model.jobs.model import Item, ItemError, ItemState, Job, ResultFile
-from image2model.jobs.store import JobStore, StoreUnavailable, forget_key_when_over
+from image2model.jobs.endings import item_ended
+from image2model.jobs.store import JobStore, StoreUnavailable
+from image2model.logs import log_context
 from image2model.media.meshes import mesh_stats
+from image2model.metrics import FAL_RUN, ITEM_RETRIES, OFFLINE_BUILD, QUEUE_WAIT
 from image2model.providers.base import ItemCancelled, ItemFailed, Provider
 from image2model.providers.catalog import ModelSpec, catalog
 from image2model.sealing import KeyUnreadable
@@ -201,8 +204,11 @@ class ItemRunner:
         if claimed is None:
             log.info("item skipped: claimed elsewhere", extra=ctx)
             return
-        log.info("item started", extra={**ctx, "model": job.model})
-        self._execute(job, claimed, worker)
+        if item.attempts == 0:
+            QUEUE_WAIT.labels(job.model).observe(max(0.0, now - item.queued_at))
+        with log_context(worker=worker):  # every line of this run names its worker, the provider's too
+            log.info("item started", extra={**ctx, "model": job.model})
+            self._execute(job, claimed, worker)
 
     def _execute(self, job: Job, item: Item, worker: str) -> None:
         try:
@@ -227,6 +233,7 @@ class ItemRunner:
                                         "image/png"))
             if output.run_seconds:
                 self.store.record_duration(spec.id, output.run_seconds)
+                (FAL_RUN.labels(spec.id) if spec.provider == "fal" else OFFLINE_BUILD).observe(output.run_seconds)
             done = self._finish(job.id, item.index, worker, ItemState.SUCCEEDED, "Done", files=files,
                                 stats=stats, unless_cancelled=True)
             if done is None and self.store.cancel_requested(job.id):
@@ -310,6 +317,7 @@ class ItemRunner:
                     raise ItemFailed(exc.code, f"{exc.message} (gave up after {retries} retries)") from exc
                 delay = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2**attempt)
                 delay *= random.uniform(0.8, 1.2)
+                ITEM_RETRIES.labels(run.spec.id, exc.code).inc()
                 log.warning("retrying after %s", exc.code, extra={"job_id": run.job_id, "item": run.index,
                                                                   "request_id": run.request_id})
                 run.progress(run._last_percent, f"{exc.message} Retrying in {delay:.0f} s "
@@ -353,7 +361,8 @@ class ItemRunner:
             except StoreUnavailable as exc:  # the item rides it out; one line per outage
                 store_outage.failed(exc)
             except Exception as exc:  # noqa: BLE001 - a store hiccup must not kill the item
-                log.warning("heartbeat failed: %s", exc, extra={"job_id": run.job_id, "item": run.index})
+                log.warning("heartbeat failed: %s", exc, extra={"job_id": run.job_id, "item": run.index,
+                                                                "worker": run.worker})
 
     def _fail(self, job_id: str, index: int, worker: str, code: str, message: str) -> None:
         self._finish(job_id, index, worker, ItemState.FAILED, "Failed", error=ItemError(code, message))
@@ -379,7 +388,7 @@ class ItemRunner:
                     raise
                 time.sleep(STORE_RETRY_SECONDS)
         if done is not None:
-            forget_key_when_over(self.store, job_id)
+            item_ended(self.store, job_id, index)
         return done
 
     # --- housekeeping ---------------------------------------------------------------------
@@ -392,7 +401,7 @@ class ItemRunner:
         for job_id, item in self.store.running_items():
             if not self._owner_gone(item, alive, now):
                 continue
-            ctx = {"job_id": job_id, "item": item.index, "request_id": item.request_id}
+            ctx = {"job_id": job_id, "item": item.index, "request_id": item.request_id, "worker": item.worker}
             job = self.store.get(job_id)
             if job is None:
                 continue
