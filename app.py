@@ -49,7 +49,9 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
                   description="Turn photos into 3D models.")
     build_api(app, runtime)
     if settings.admin_key:  # before the page at "/", which would answer every path under it
-        quiet_gradio_queue(mount_admin(app, runtime))
+        admin = mount_admin(app, runtime)
+        quiet_gradio_queue(admin)
+        check_file_paths(admin)
     blocks = build_ui(runtime)
     quiet_gradio_queue(blocks)
     gr.mount_gradio_app(
@@ -61,12 +63,22 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         show_error=True,
         mcp_server=settings.mcp_enabled,  # tools for AI agents at /gradio_api/mcp/
     )
+    check_file_paths(blocks)
     if settings.mcp_enabled:
         repair_mcp_server(blocks, settings.max_images)
         app.add_middleware(LoopbackToSelf, blocks=blocks)
     if settings.access_log != "off":  # added last, so it is the outermost layer and sees every answer
         app.add_middleware(AccessLog, errors_only=settings.access_log == "errors")
     return app
+
+
+def check_file_paths(blocks: gr.Blocks) -> None:
+    """Gradio 6.31 checks the file paths a client names (only files uploaded to it may be
+    inputs; gradio/processing_utils.py _check_allowed) only once `has_launched` is set, which
+    launch() does and mount_gradio_app does not. Unset, a caller could name any picture on
+    this server, in the working or temp directory or our data directory, and get it back as a
+    model's texture. tests/test_ui_api.py fails if this stops working."""
+    blocks.has_launched = True
 
 
 GRADIO_IDLE_SLEEP = 0.01

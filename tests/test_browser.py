@@ -174,7 +174,8 @@ def test_two_photos_become_models_to_view_and_download_and_the_page_comes_back(
     page.click("#download-zip")
     wait_for(page, lambda: link.count() and link.first.get_attribute("download").endswith(".zip"), 20, "ZIP link")
     archive = download(page, "#export a[download]", tmp_path / "all.zip")
-    assert sorted(zipfile.ZipFile(archive).namelist()) == ["duck.glb", "mug.glb"]
+    # each model with its cut-out ("what the model saw")
+    assert sorted(zipfile.ZipFile(archive).namelist()) == ["duck.glb", "duck.preview.png", "mug.glb", "mug.preview.png"]
     shot(page, "05-downloads")
 
     choose(page, "result-pick", "mug.glb")  # any other result can be shown

@@ -165,9 +165,11 @@ def test_the_original_frontend_follows_a_job_to_its_files(browser, frontend, liv
         assert "processing" in statuses and updates[-1]["progress"] == 100
     assert any(u["status"] == "processing" and 0 < u["progress"] < 100 for u in seen["files"]), seen["files"]
     # the results, listed and downloaded as the frontend does
-    assert [f["filename"] for f in seen["listed"]] == ["chair.glb", "table.glb"]
+    # each model, then the offline model's cut-out preview ("what the model saw")
+    assert [f["filename"] for f in seen["listed"]] == ["chair.glb", "chair.preview.png", "table.glb",
+                                                       "table.preview.png"]
     assert all(f["downloadUrl"].startswith(server.url + "/api/v1/download/") for f in seen["listed"])
-    assert {f["mimeType"] for f in seen["listed"]} == {"model/gltf-binary"}
+    assert {f["mimeType"] for f in seen["listed"]} == {"model/gltf-binary", "image/png"}
     assert seen["firstDownload"] == {"status": 200, "magic": "glTF"}
     assert "face_limit was ignored" in seen["notes"][0]
 
@@ -274,4 +276,5 @@ def test_download_links_use_the_address_a_trusted_proxy_reports(live_server_fact
             job_id = post_images(client, [("a.png", png())]).json()["job_id"]
             wait_job(server, job_id)
             urls = client.get(f"/api/v1/download/{job_id}/all", headers=forwarded).json()["download_urls"]
-        assert urls == [f"{base}/api/v1/download/{job_id}/a.glb"], (trusted, urls)
+        assert urls == [f"{base}/api/v1/download/{job_id}/a.glb",
+                        f"{base}/api/v1/download/{job_id}/a.preview.png"], (trusted, urls)

@@ -334,7 +334,10 @@ def test_inflation_and_detail_change_the_shape(tmp_path: Path) -> None:
 
 def test_catalog_describes_the_four_parameters() -> None:
     by_name = {p["name"]: p for p in RELIEF_PARAMS}
-    assert list(by_name) == ["resolution", "inflation", "detail", "bg_tolerance"]
+    assert list(by_name) == ["resolution", "inflation", "detail", "bg_tolerance", "background"]
+    background = by_name["background"]
+    assert (background["type"], background["choices"]) == ("choice", ["auto", "remove", "keep"])
+    assert background["default"] == inspect.signature(generate_relief).parameters["background"].default
     expected = {"resolution": ("int", 32, 512, 8), "inflation": ("float", 0.05, 1.0, None),
                 "detail": ("float", 0.0, 1.0, None), "bg_tolerance": ("float", 0.01, 0.5, None)}
     signature = inspect.signature(generate_relief).parameters
@@ -351,7 +354,7 @@ def test_catalog_describes_the_four_parameters() -> None:
     ("resolution", 31), ("resolution", 513), ("resolution", 100.5), ("resolution", "160"),
     ("resolution", True), ("inflation", 0.0), ("inflation", 1.5), ("inflation", math.nan),
     ("detail", -0.1), ("detail", 1.01), ("bg_tolerance", 0.0), ("bg_tolerance", 0.6),
-    ("bg_tolerance", None),
+    ("bg_tolerance", None), ("background", "off"), ("background", None),
 ])
 def test_invalid_parameters_raise_naming_the_parameter(name: str, value: object) -> None:
     with pytest.raises(ValueError, match=name):

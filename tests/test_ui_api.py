@@ -56,9 +56,12 @@ def test_generate_turns_three_images_into_three_glbs(
     assert all(update_files is None for _, update_files in outputs[:-1]), "an intermediate update sent files"
     assert status["state"] == "succeeded" and status["finished"] and status["model"] == "local/relief"
     assert [item["name"] for item in status["items"]] == ["duck.png", "mug.png", "vase.png"]
-    assert sorted(Path(f).name for f in files) == ["duck.glb", "mug.glb", "vase.glb"]
+    # each model, and the offline model's cut-out ("what the model saw") as its preview
+    assert sorted(Path(f).name for f in files) == sorted(
+        [f"{n}.glb" for n in ("duck", "mug", "vase")] + [f"{n}.preview.png" for n in ("duck", "mug", "vase")])
     for path in files:
-        assert len(load_glb(Path(path)).geometry) >= 1
+        if path.endswith(".glb"):
+            assert len(load_glb(Path(path)).geometry) >= 1
     # exactly the job service's status shape, also from /job_status
     service = server.runtime.service
     assert status == service.status(service.get(status["job_id"]))
@@ -209,7 +212,8 @@ def test_results_are_served_in_place_and_a_deleted_job_leaves_no_copy_or_url(
         client.close()
     assert status["state"] == "succeeded", status["items"][0]["error"]
     assert gradio_temp.is_dir(), "the upload did not land in this test's Gradio temp folder"
-    (served,) = files
+    served, preview = files  # the model, then its cut-out preview
+    assert preview["url"].endswith("unique.preview.png")
     job_id, url = status["job_id"], served["url"]
     result = server.runtime.files.result_path(job_id, "unique.glb")
     digest = hashlib.sha256(result.read_bytes()).hexdigest()
@@ -239,3 +243,29 @@ def test_gradio_cleans_its_own_cache(live_server_factory, backend) -> None:  # n
     (mounted,) = [route.app for route in server.app.routes if isinstance(getattr(route, "app", None), App)]
     frequency, age = mounted.get_blocks().delete_cache
     assert 0 < frequency <= 24 * 3600 and 0 < age <= 24 * 3600
+
+
+@SQLITE
+def test_generate_takes_only_files_uploaded_to_it_never_other_paths_on_the_server(  # noqa: ANN001
+        live_server_factory, tmp_path, backend) -> None:
+    """Gradio checks the paths a caller names only once the Blocks count as launched, which a
+    mounted app does not by itself (app.py check_file_paths): unchecked, any picture on the
+    server could become a model whose texture hands it back to the caller."""
+    server = live_server_factory(fal_key="")
+    private = tmp_path / "private" / "someone-elses.png"
+    private.parent.mkdir()
+    shutil.copyfile(EXAMPLES_DIR / "duck.png", private)
+    inside_data = server.runtime.settings.data_dir / "planted.png"
+    shutil.copyfile(EXAMPLES_DIR / "mug.png", inside_data)
+    for path in (str(private), str(inside_data), "/etc/passwd", "../../../../etc/hostname"):
+        body = {"data": [[{"path": path, "orig_name": "x.png", "meta": {"_type": "gradio.FileData"}}],
+                         "local/relief", "", {}, ""]}
+        event = httpx.post(f"{server.url}/gradio_api/call/generate", json=body).json()["event_id"]
+        answer = httpx.get(f"{server.url}/gradio_api/call/generate/{event}", timeout=30).text
+        assert "event: error" in answer and "not uploaded by a user" in answer, (path, answer[:300])
+    assert server.runtime.store.all_job_ids() == []
+    # what a client uploads is taken, as before
+    client = Client(server.url, download_files=str(tmp_path / "downloads"), verbose=False)
+    status, _ = client.predict([handle_file(str(EXAMPLES_DIR / "duck.png"))], "local/relief", "", {},
+                               api_name="/generate")
+    assert status["state"] == "succeeded"

@@ -68,6 +68,9 @@ class ProviderOutput:
     has_preview: bool = False
     run_seconds: float | None = None  # how long the model itself ran, to learn typical times
     extra_stats: dict[str, Any] | None = None
+    # Plain words a person should read with the result (e.g. "nothing stood out from the
+    # background"); it becomes the item's message instead of a bare "Done".
+    note: str | None = None
 
 
 class Provider(Protocol):

@@ -318,7 +318,8 @@ def _local_params() -> tuple[Param, ...]:
     from image2model.providers.relief import RELIEF_PARAMS
 
     return tuple(
-        Param(p["name"], p["type"], p["default"], p["help"], p.get("minimum"), p.get("maximum"), p.get("step"))
+        Param(p["name"], p["type"], p["default"], p["help"], p.get("minimum"), p.get("maximum"), p.get("step"),
+              tuple(p["choices"]) if "choices" in p else None)
         for p in RELIEF_PARAMS
     )
 

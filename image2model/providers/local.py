@@ -14,6 +14,11 @@ from image2model.memory import release_free_memory
 from image2model.providers.base import ItemRun, ProviderOutput
 from image2model.providers.relief import generate_relief, load_image
 
+# What the item says when no object could be separated (mask_source "full_frame").
+NOTHING_STOOD_OUT = ("Nothing stood out from the background, so the whole photo became a flat plate. "
+                     "For a model of the object, try a photo on a plainer background, or a cut-out PNG "
+                     "with a transparent background.")
+
 CPU_SLOTS = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
 MAX_INPUT_SIDE = 2048
 
@@ -34,9 +39,13 @@ class LocalReliefProvider:
 
             result = generate_relief(image, progress=report, **item.params)
             item.write_file(item.model_target, [result.glb])
+            item.write_file(item.preview_target, [result.cutout])  # "what the model saw"
+            kept = item.params.get("background") == "keep"  # asked for the whole photo: nothing to explain
             return ProviderOutput(
+                has_preview=True,
                 run_seconds=time.monotonic() - started,
                 extra_stats={"mask_source": result.mask_source},
+                note=None if result.separated or kept else NOTHING_STOOD_OUT,
             )
         finally:
             CPU_SLOTS.release()

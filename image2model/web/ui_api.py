@@ -24,6 +24,7 @@ import gradio as gr
 from image2model.errors import AppError
 from image2model.jobs.service import JobService, Upload
 from image2model.runtime import Runtime
+from image2model.web.named_files import NamedFiles
 from image2model.web.ui_files import uploads_from
 from image2model.web.ui_view import friendly
 
@@ -154,7 +155,7 @@ def register_api(runtime: Runtime) -> None:
         return service.models()
 
     with gr.Group(visible=False):
-        images = gr.File(file_count="multiple", type="filepath", label="images")
+        images = NamedFiles(file_count="multiple", type="filepath", label="images")
         model = gr.Textbox("", label="model")
         mode = gr.Textbox("", label="mode")
         options = gr.JSON({}, label="options")
@@ -162,10 +163,9 @@ def register_api(runtime: Runtime) -> None:
         status = gr.JSON(label="status")
         files = gr.File(file_count="multiple", label="files")
     trigger = gr.Button(visible=False)
-    # preprocess=False: `images` arrive as FileData dicts (Gradio still checks their paths), so
-    # the name a client gave (orig_name) names the results, not the temp file's "blob".
+    # NamedFiles: the name a client gave (orig_name) names the results, not the temp file's "blob"
     trigger.click(generate, [images, model, mode, options, fal_key], [status, files], api_name="generate",
-                  concurrency_limit=None, show_progress="hidden", preprocess=False)
+                  concurrency_limit=None, show_progress="hidden")
     gr.api(job_status, api_name="job_status", concurrency_limit=None)
     gr.api(cancel_job, api_name="cancel_job", concurrency_limit=None)
     gr.api(models, api_name="models", concurrency_limit=None)

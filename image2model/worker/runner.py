@@ -234,7 +234,8 @@ class ItemRunner:
             if output.run_seconds:
                 self.store.record_duration(spec.id, output.run_seconds)
                 (FAL_RUN.labels(spec.id) if spec.provider == "fal" else OFFLINE_BUILD).observe(output.run_seconds)
-            done = self._finish(job.id, item.index, worker, ItemState.SUCCEEDED, "Done", files=files,
+            message = f"Done. {output.note}" if output.note else "Done"
+            done = self._finish(job.id, item.index, worker, ItemState.SUCCEEDED, message, files=files,
                                 stats=stats, unless_cancelled=True)
             if done is None and self.store.cancel_requested(job.id):
                 raise ItemCancelled()  # the cancel came while the model was being finished

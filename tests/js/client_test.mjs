@@ -58,8 +58,10 @@ const [status, files] = named.at(-1);
 for (const [s, f] of named) if (!s.finished) assert.equal(f, null, "an update before the end sent files");
 assert.equal(status.state, "succeeded", JSON.stringify(status.items.map((i) => i.error)));
 assert.deepEqual(status.items.map((i) => i.name), ["duck.png", "mug.png"]);
-assert.deepEqual(files.map((f) => f.orig_name), ["duck.glb", "mug.glb"]);
-assert.deepEqual(files.map((f) => baseName(f.url)), ["duck.glb", "mug.glb"]);
+// each model, then the offline model's cut-out preview ("what the model saw")
+const namedResults = ["duck.glb", "duck.preview.png", "mug.glb", "mug.preview.png"];
+assert.deepEqual(files.map((f) => f.orig_name), namedResults);
+assert.deepEqual(files.map((f) => baseName(f.url)), namedResults);
 const glb = Buffer.from(await (await fetch(files[0].url)).arrayBuffer());
 assert.equal(glb.subarray(0, 4).toString("latin1"), "glTF", "the download is not a GLB");
 
@@ -68,7 +70,8 @@ const nameless = await generate(client, [duck, new Blob([mug], { type: "image/pn
 const [blobStatus, blobFiles] = nameless.at(-1);
 assert.equal(blobStatus.state, "succeeded", JSON.stringify(blobStatus.items.map((i) => i.error)));
 assert.deepEqual(blobStatus.items.map((i) => i.name), ["image-1.png", "image-2.png"]);
-assert.deepEqual(blobFiles.map((f) => f.orig_name), ["image-1.glb", "image-2.glb"]);
+assert.deepEqual(blobFiles.map((f) => f.orig_name),
+	["image-1.glb", "image-1.preview.png", "image-2.glb", "image-2.preview.png"]);
 
 // /job_status: the same status as the last update of /generate
 const again = (await client.predict("/job_status", { job_id: status.job_id })).data[0];

@@ -1,0 +1,196 @@
+"""Finding the object on an ordinary photo: GrabCut candidates, scored, the best one kept.
+
+The border-colour method only works on a plain backdrop. On a photo (a cup on a wooden
+table, a cat, a person in a room) GrabCut separates far better, but it needs seeds and can
+settle on the wrong thing, so several seedings are tried and each resulting mask is scored
+on what an object mask looks like: a sensible size, compact, not hugging the frame, a
+colour distribution unlike the rest of the photo, and an outline that follows edges in the
+photo. No model weights are involved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+cv2.setNumThreads(1)  # an item gets one core (providers/local.py CPU_SLOTS); no thread pool of its own
+
+GRABCUT_SIDE = 160  # long side GrabCut runs at: 2 px per mesh cell at default resolution; cheap
+GRABCUT_ITERATIONS = 3
+MIN_FRACTION, MAX_FRACTION = 0.015, 0.85  # an object fills this share of the frame
+PREFERRED_FRACTION = 0.25  # smaller masks are scored down: more likely a detail (an eye) than the subject
+MIN_SCORE = 0.22  # below this no candidate looks like an object: use the whole frame
+
+
+@dataclass(frozen=True)
+class Candidate:
+    mask: np.ndarray  # bool, at the size of the image it was scored on
+    source: str  # "background" | "grabcut"
+    score: float
+
+
+def grabcut_candidates(rgb: np.ndarray, seed: np.ndarray | None) -> list[np.ndarray]:
+    """Object masks from GrabCut on a downscaled copy, one per seeding, at `rgb`'s size.
+
+    `rgb` is float 0..1 (h, w, 3); `seed` is the border-colour method's mask, if any.
+    Seedings: that mask; a saliency map (colour unlike the border) weighted by a centre
+    prior; a centred rectangle, and one open at the bottom for things cut by the frame.
+    """
+    h, w = rgb.shape[:2]
+    scale = min(1.0, GRABCUT_SIDE / max(h, w))
+    size = (max(8, round(w * scale)), max(8, round(h * scale)))
+    small = cv2.resize((rgb * 255).astype(np.uint8), size, interpolation=cv2.INTER_AREA)
+    bgr = np.ascontiguousarray(small[..., ::-1])
+    sh, sw = small.shape[:2]
+
+    seeds: list[np.ndarray] = []
+    if seed is not None and seed.any():
+        seed_small = cv2.resize(seed.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+        seeds.append(_seed_from_mask(seed_small))
+    saliency = _saliency(small.astype(np.float32) / 255.0)
+    seeds.append(_seed_from_saliency(saliency))
+    my, mx = max(1, round(0.05 * sh)), max(1, round(0.05 * sw))
+    for bottom in (sh - my, sh):  # inside the frame; or standing on (cut by) its bottom edge
+        rect = np.full((sh, sw), cv2.GC_BGD, np.uint8)
+        rect[my:bottom, mx:sw - mx] = cv2.GC_PR_FGD
+        seeds.append(rect)
+
+    masks = []
+    for init in seeds:
+        labels = _grabcut(bgr, init)
+        if labels is None:
+            continue
+        fg = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
+        up = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
+        masks.append(up)
+    return masks
+
+
+def _grabcut(bgr: np.ndarray, init: np.ndarray) -> np.ndarray | None:
+    """GrabCut from a label mask; None when the seeds leave one of the two classes empty."""
+    fg = np.isin(init, (cv2.GC_FGD, cv2.GC_PR_FGD))
+    if fg.sum() < 16 or (~fg).sum() < 16:
+        return None
+    labels = init.copy()
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut seeds its colour models with k-means: same photo, same mask
+    try:
+        cv2.grabCut(bgr, labels, None, bgd, fgd, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:  # degenerate colour statistics (e.g. a flat image)
+        return None
+    return labels
+
+
+def _seed_from_mask(mask: np.ndarray) -> np.ndarray:
+    """Trust the inside of a found mask, let GrabCut decide near its edge."""
+    init = np.full(mask.shape, cv2.GC_PR_BGD, np.uint8)
+    init[mask] = cv2.GC_PR_FGD
+    init[ndimage.binary_erosion(mask, iterations=3)] = cv2.GC_FGD
+    init[_ring(mask.shape, 2) & ~mask] = cv2.GC_BGD
+    return init
+
+
+def _seed_from_saliency(saliency: np.ndarray) -> np.ndarray:
+    """Probable object where saliency is high, probable background elsewhere, frame edge background."""
+    init = np.full(saliency.shape, cv2.GC_PR_BGD, np.uint8)
+    top = float(saliency.max())
+    init[saliency >= max(0.5 * top, float(np.quantile(saliency, 0.6)))] = cv2.GC_PR_FGD
+    init[saliency >= 0.85 * top] = cv2.GC_FGD  # the most salient spot is surely the object
+    init[_ring(saliency.shape, 2)] = cv2.GC_BGD
+    return init
+
+
+def _saliency(rgb: np.ndarray) -> np.ndarray:
+    """Colour distance (Lab) from the nearest of a few border colours, times a centre prior.
+
+    Things unlike every colour along the frame's edge, near the middle, are what a photo
+    is usually of.
+    """
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
+    lab = cv2.GaussianBlur(lab, (0, 0), 2.0)
+    h, w = lab.shape[:2]
+    edge = lab[_ring((h, w), max(2, round(0.04 * min(h, w))))]
+    k = min(6, len(edge))
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 10, 1.0)
+    cv2.setRNGSeed(0)  # k-means++ draws its start (per-thread RNG): keep the result repeatable
+    _, _, centres = cv2.kmeans(edge.astype(np.float32), k, None, criteria, 1, cv2.KMEANS_PP_CENTERS)
+    dist = np.min(np.linalg.norm(lab[:, :, None, :] - centres[None, None, :, :], axis=-1), axis=-1)
+    yy, xx = np.mgrid[0:h, 0:w]
+    prior = np.exp(-(((xx / w - 0.5) / 0.35) ** 2 + ((yy / h - 0.5) / 0.35) ** 2))
+    return dist * prior
+
+
+def score(mask: np.ndarray, rgb: np.ndarray) -> float:
+    """How much `mask` looks like one object: 0 (not at all) to about 1.
+
+    The product of: colour contrast between inside and outside (histograms), solidity
+    (area over convex hull area), how little of the frame edge it covers (the side it
+    touches most is forgiven: objects stand on the bottom edge or are cut by it), a size
+    preference, and whether the outline runs along edges in the photo (a cut through a
+    texture does not). Zero when the size is outside MIN_FRACTION..MAX_FRACTION.
+    """
+    fraction = float(mask.mean())
+    if not (MIN_FRACTION <= fraction <= MAX_FRACTION):
+        return 0.0
+    contrast = _contrast(mask, rgb)
+    sides = sorted([mask[0].mean(), mask[-1].mean(), mask[:, 0].mean(), mask[:, -1].mean()])
+    contact = float(np.mean(sides[:3]))
+    small = min(1.0, fraction / PREFERRED_FRACTION) ** 0.5  # a photo is rarely of a tiny detail
+    edges = float(np.clip((edge_strength(mask, rgb) - 1.2) / 0.8, 0.0, 1.0))  # 1 at twice the average
+    return contrast * _solidity(mask) * (1.0 - contact) * small * edges
+
+
+def _contrast(mask: np.ndarray, rgb: np.ndarray) -> float:
+    """How unlike its surroundings the masked region's colours are (0..1).
+
+    The smaller of two histogram contrasts: against everything outside, and against the
+    frame's edge (outside the mask): a patch of sky or table shares colours with the edge.
+    """
+    q = np.clip((rgb * 8).astype(np.int32), 0, 7)
+    codes = q[..., 0] * 64 + q[..., 1] * 8 + q[..., 2]
+    edge = _ring(mask.shape, max(2, round(0.04 * min(mask.shape)))) & ~mask
+    inside = _histogram(codes[mask])
+    against_all = 1.0 - np.minimum(inside, _histogram(codes[~mask])).sum()
+    if edge.sum() < 16:
+        return float(against_all)
+    return float(min(against_all, 1.0 - np.minimum(inside, _histogram(codes[edge])).sum()))
+
+
+def _histogram(codes: np.ndarray) -> np.ndarray:
+    counts = np.bincount(codes, minlength=512).astype(np.float64)
+    return counts / max(counts.sum(), 1.0)
+
+
+def edge_strength(mask: np.ndarray, rgb: np.ndarray) -> float:
+    """How much stronger the image's edges are along the mask's outline than on average.
+
+    A real object's outline runs along edges in the photo; a cut through a texture or a
+    colour gradient does not. The frame's own edge does not count.
+    """
+    grey = cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (0, 0), 1.0)
+    magnitude = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
+    outline = mask & ~ndimage.binary_erosion(mask, iterations=2)
+    outline |= ~mask & ndimage.binary_dilation(mask, iterations=2)
+    outline &= ~_ring(mask.shape, 3)
+    if outline.sum() < 8:
+        return 0.0
+    return float(magnitude[outline].mean() / max(float(magnitude.mean()), 1e-6))
+
+
+def _solidity(mask: np.ndarray) -> float:
+    """Area over convex hull area: 1 for a convex blob, small for stripes or scattered bits."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return 0.0
+    points = np.concatenate(contours)
+    hull = cv2.contourArea(cv2.convexHull(points))
+    return float(min(1.0, mask.sum() / max(hull, 1.0)))
+
+
+def _ring(shape: tuple[int, ...], width: int) -> np.ndarray:
+    ring = np.ones(shape[:2], dtype=bool)
+    ring[width:-width, width:-width] = False
+    return ring

@@ -1,0 +1,139 @@
+"""Finding the object: the alpha channel; else background removal from the border or GrabCut
+(segmentation.py), whichever looks most like an object; else none (the whole frame)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from image2model.providers.relief import segmentation
+from image2model.providers.relief.loading import shrink
+
+# A border-colour mask scoring this well is a plain backdrop: taken as it is, no GrabCut.
+BACKDROP_SCORE = 0.6
+
+
+@dataclass(frozen=True)
+class Separation:
+    mask: np.ndarray | None  # bool at analysis size, None for the full-frame plate
+    source: str
+    # Pixels whose colour belongs to the object (no closing, so no background caught in
+    # concave corners); the texture takes colours only from these. None: use the mask.
+    colour_mask: np.ndarray | None = None
+
+
+def _analysis_side(resolution: int) -> int:
+    """Long side of the image used for mask analysis: a few pixels per grid cell."""
+    return max(256, 4 * resolution)
+
+
+def separate(src: Image.Image, resolution: int, tolerance: float, background: str = "auto") -> Separation:
+    """Find the object: alpha first; else the best-scoring of background removal and GrabCut.
+
+    `background="keep"` skips removal (the whole frame), `"remove"` takes the best
+    candidate even when it scores too low to be trusted on its own.
+    """
+    small = shrink(src, _analysis_side(resolution))
+    if background == "keep":
+        return Separation(None, "full_frame")
+    if small.mode == "RGBA":
+        alpha = np.asarray(small.getchannel("A"))
+        if (alpha < 128).mean() > 0.001:
+            mask = keep_object(_clean(alpha >= 128))
+            return Separation(mask, "alpha") if _plausible(mask, 0.0005) else Separation(None, "full_frame")
+    rgb = np.asarray(small.convert("RGB"), dtype=np.float32) / 255.0
+    found = _remove_background(rgb, tolerance)
+    seed = found[0] if found is not None and _plausible(found[0], 0.005) else None
+    candidates: list[segmentation.Candidate] = []
+    if seed is not None:
+        backdrop = segmentation.Candidate(seed, "background", segmentation.score(seed, rgb))
+        if backdrop.score >= BACKDROP_SCORE:
+            return Separation(seed, "background", found[1])  # a plain backdrop: exact as it is
+        candidates.append(backdrop)
+    for mask in segmentation.grabcut_candidates(rgb, seed):
+        mask = keep_object(_clean(mask))
+        candidates.append(segmentation.Candidate(mask, "grabcut", segmentation.score(mask, rgb)))
+    best = max(candidates, key=lambda c: c.score, default=None)
+    if best is None or best.score <= 0.0 or (best.score < segmentation.MIN_SCORE and background != "remove"):
+        return Separation(None, "full_frame")
+    colour = found[1] if best.source == "background" and found is not None else None
+    return Separation(best.mask, best.source, colour)
+
+
+def _plausible(mask: np.ndarray, min_fraction: float) -> bool:
+    """An object mask is usable unless it is (almost) empty or (almost) the whole frame."""
+    fraction = float(mask.mean())
+    return min_fraction <= fraction <= 0.97 and int(mask.sum()) >= 4
+
+
+def border(a: np.ndarray, width: int) -> np.ndarray:
+    """Boolean ring of `width` pixels around the frame."""
+    ring = np.ones(a.shape[:2], dtype=bool)
+    ring[width:-width, width:-width] = False
+    return ring
+
+
+def _remove_background(rgb: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Object mask by growing the border's colour inward, or None if the border is not uniform.
+
+    Returns the cleaned shape mask and, within it, the pixels not reached by the
+    background (the texture trusts only those).
+
+    The background is modelled as a colour plane (constant plus linear gradient) fitted
+    to the border, so soft studio lighting gradients still count as background.
+    """
+    h, w, _ = rgb.shape
+    if min(h, w) < 4:
+        return None
+    smooth = ndimage.gaussian_filter(rgb, sigma=(1.0, 1.0, 0.0), mode="nearest")
+    ring = border(smooth, max(1, round(0.02 * min(h, w))))
+    ys, xs = np.nonzero(ring)
+    colours = smooth[ring]
+    design = np.column_stack([np.ones_like(xs, dtype=np.float32), xs / w - 0.5, ys / h - 0.5])
+    inliers = colour_distance(colours, np.median(colours, axis=0)) < 2 * tolerance
+    for _ in range(2):
+        if inliers.sum() < 3:
+            return None
+        coef, *_ = np.linalg.lstsq(design[inliers], colours[inliers], rcond=None)
+        inliers = colour_distance(colours, design @ coef) < tolerance
+    if inliers.mean() < 0.5:
+        return None  # the border is not one colour: a full-frame photo
+
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    background = coef[0] + (xx / w - 0.5)[..., None] * coef[1] + (yy / h - 0.5)[..., None] * coef[2]
+    close = colour_distance(smooth, background) < tolerance
+    labels, _ = ndimage.label(close)
+    touching = np.unique(labels[border(labels, 1)])
+    touching = touching[touching > 0]
+    obj = ~np.isin(labels, touching)
+    shape = keep_object(_clean(obj))
+    return shape, shape & obj
+
+
+def colour_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean RGB distance scaled to 0..1."""
+    return np.sqrt(((a - b) ** 2).sum(axis=-1)) / math.sqrt(3.0)
+
+
+def _clean(mask: np.ndarray) -> np.ndarray:
+    """Remove specks and close hairline gaps; the frame edge counts as 'same as next pixel'."""
+    padded = np.pad(mask, 2, mode="edge")
+    square = np.ones((3, 3), dtype=bool)
+    padded = ndimage.binary_opening(padded, structure=square)
+    padded = ndimage.binary_closing(padded, structure=square)
+    return padded[2:-2, 2:-2]
+
+
+def keep_object(mask: np.ndarray) -> np.ndarray:
+    """Fill holes and keep the largest piece (object and background both 4-connected)."""
+    mask = ndimage.binary_fill_holes(mask)
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))

@@ -1,0 +1,178 @@
+"""Separating the object on ordinary photos (issue 13): the scikit-image set, judged against
+rough masks drawn by hand for this test, plus the cut-out path, the `background` parameter,
+and the plain-words note a person gets when nothing stands out.
+
+The rough masks are polygons around what a person would call "the object" in each photo,
+drawn on a 50-pixel grid over the photo (coordinates are in the photo's own pixels). The
+model's mask is read from its cut-out preview (the PNG's alpha), which is what the page and
+the API show, so these tests judge what a person sees.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from image2model.jobs.model import JobState
+from image2model.jobs.service import Upload, job_status
+from image2model.providers.local import NOTHING_STOOD_OUT
+from image2model.providers.relief import generate_relief
+from image2model.web.ui_view import table_rows
+from tests import imagefactory as factory
+from tests.engine_helpers import wait_done
+
+skdata = pytest.importorskip("skimage.data")
+
+# (kind, geometry): "polygon"/"ellipse" as ImageDraw takes them, "line" as (points, width).
+ROUGH: dict[str, list[tuple[str, object]]] = {
+    # the cup, its saucer and the spoon
+    "coffee": [("ellipse", (75, 95, 480, 392)),
+               ("polygon", [(170, 15), (410, 15), (425, 65), (410, 250), (170, 250)])],
+    # the cat's head, cut by the frame on three sides; the blurred room on the right is not it
+    "chelsea": [("polygon", [(0, 0), (370, 0), (395, 30), (360, 90), (375, 200), (400, 300), (0, 300)])],
+    # the astronaut with the helmet she holds; not the flag or the shuttle model behind her
+    "astronaut": [("polygon", [(150, 40), (200, 15), (270, 20), (300, 60), (300, 140), (360, 260), (365, 345),
+                               (470, 345), (512, 420), (512, 512), (20, 512), (20, 330), (60, 250), (115, 200),
+                               (150, 150)])],
+    # the rocket and its launch table; not the towers or the lights
+    "rocket": [("polygon", [(300, 125), (340, 125), (340, 400), (380, 400), (380, 427), (265, 427), (265, 400),
+                            (300, 400)])],
+    # the cameraman, his camera and the three tripod legs
+    "camera": [("polygon", [(0, 250), (60, 170), (130, 105), (170, 70), (240, 75), (270, 110), (260, 140),
+                            (320, 140), (335, 185), (320, 230), (300, 240), (300, 300), (280, 300), (240, 290),
+                            (180, 300), (150, 380), (150, 512), (0, 512)]),
+               ("polygon", [(275, 300), (310, 300), (310, 330), (275, 330)]),
+               ("line", ([(292, 320), (238, 500)], 8)), ("line", ([(292, 320), (297, 480)], 8)),
+               ("line", ([(292, 320), (400, 500)], 8))],
+}
+
+MIN_COVER = 0.7  # of the rough mask inside the model's mask
+MAX_OUTSIDE = 0.3  # of the model's mask beyond the rough mask grown by 5 % of the long side
+
+# Photos the current method still gets wrong (measured figures in the reasons); strict, so a
+# fix shows up as XPASS and the mark must go.
+KNOWN_FAILURES = {
+    "chelsea": "the cat fills the frame; GrabCut keeps the face but loses the top of the head and the "
+               "left cheek (covers ~51 %)",
+    "astronaut": "the person is found, but not the helmet she holds nor her hands (covers ~69 %)",
+    "rocket": "a thin rocket between towers: the best-scoring mask is the patch of sky between the towers "
+              "(~68 % of the mask is outside the rocket)",
+}
+
+
+def photo(name: str) -> Image.Image:
+    return Image.fromarray(getattr(skdata, name)())
+
+
+def rough_mask(name: str, size: tuple[int, int]) -> np.ndarray:
+    img = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(img)
+    for kind, geometry in ROUGH[name]:
+        if kind == "line":
+            points, width = geometry  # type: ignore[misc]
+            draw.line(points, fill=255, width=width)
+        else:
+            getattr(draw, kind)(geometry, fill=255)
+    return np.asarray(img) > 0
+
+
+def cutout_mask(cutout: bytes, size: tuple[int, int]) -> np.ndarray:
+    """The model's object mask, from the alpha of its cut-out preview, at the photo's size."""
+    alpha = Image.open(io.BytesIO(cutout)).getchannel("A")
+    return np.asarray(alpha.resize(size, Image.Resampling.BILINEAR)) >= 128
+
+
+def coverage(mask: np.ndarray, rough: np.ndarray) -> tuple[float, float]:
+    """(share of the rough mask covered, share of the mask well outside the rough mask)."""
+    grown = ndimage.binary_dilation(rough, iterations=round(0.05 * max(rough.shape)))
+    return float((mask & rough).sum() / rough.sum()), float((mask & ~grown).sum() / max(mask.sum(), 1))
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_FAILURES[n], strict=True)) if n in KNOWN_FAILURES
+    else n for n in ROUGH])
+def test_the_object_is_separated_on_ordinary_photos(name: str) -> None:
+    image = photo(name)
+    result = generate_relief(image)
+    assert result.mask_source not in ("full_frame", "alpha"), result.mask_source
+    cover, outside = coverage(cutout_mask(result.cutout, image.size), rough_mask(name, image.size))
+    assert cover >= MIN_COVER and outside <= MAX_OUTSIDE, f"{name}: covers {cover:.0%}, {outside:.0%} outside"
+
+
+def test_the_cutout_is_a_small_png_with_transparency() -> None:
+    result = generate_relief(photo("coffee"))
+    cut = Image.open(io.BytesIO(result.cutout))
+    assert cut.format == "PNG" and cut.mode == "RGBA" and max(cut.size) <= 512
+    alpha = np.asarray(cut.getchannel("A"))
+    assert (alpha == 0).any() and (alpha == 255).any()
+
+
+def test_a_cut_out_png_keeps_its_alpha() -> None:
+    syn = factory.rgba_star()
+    result = generate_relief(syn.open())
+    assert result.mask_source == "alpha"
+    mask = cutout_mask(result.cutout, syn.size)
+    assert (mask == syn.mask).mean() >= 0.98
+
+
+def test_background_keep_models_the_whole_photo() -> None:
+    result = generate_relief(photo("coffee"), background="keep")
+    assert result.mask_source == "full_frame" and not result.separated
+    assert (np.asarray(Image.open(io.BytesIO(result.cutout)).getchannel("A")) == 255).all()
+
+
+def test_background_remove_still_cuts_out_the_object() -> None:
+    assert generate_relief(photo("coffee"), background="remove").mask_source == "grabcut"
+
+
+@pytest.mark.parametrize("kind", ["noise", "waves"])
+def test_nothing_stands_out_in_a_texture(kind: str) -> None:
+    result = generate_relief(texture_photo(kind))
+    assert result.mask_source == "full_frame"
+
+
+def texture_photo(kind: str) -> Image.Image:
+    if kind == "waves":
+        return factory.full_frame_photo().open()
+    rng = np.random.default_rng(7)
+    return Image.fromarray(rng.integers(0, 256, (400, 600, 3), dtype=np.uint8), "RGB")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_the_item_says_in_plain_words_when_nothing_stood_out(runtime_factory, tmp_path: Path) -> None:  # noqa: ANN001
+    """Through a real worker: the note is the item's message (page table, API status), and the
+    cut-out is a preview file of the job."""
+    noise, cup = tmp_path / "noise.png", tmp_path / "cup.png"
+    texture_photo("noise").save(noise)
+    photo("coffee").save(cup)
+    runtime = runtime_factory(fal_key="")
+    job = runtime.service.create_job([Upload("noise.png", noise), Upload("cup.png", cup)], model="local/relief")
+    done = wait_done(runtime.service, job.id, timeout=60)
+    assert done.state == JobState.SUCCEEDED, [i.error for i in done.items]
+    status = job_status(done)
+    flat, separated = status["items"]
+    assert NOTHING_STOOD_OUT in flat["message"] and "plainer background" in flat["message"]
+    assert "cut-out PNG" in flat["message"]
+    assert separated["message"] == "Done"
+    assert NOTHING_STOOD_OUT in table_rows(status)[0][3]  # the page's per-image table
+    for item in done.items:
+        preview = item.preview_file
+        assert preview is not None and preview.kind == "preview" and preview.content_type == "image/png"
+        path = runtime.files.result_path(job.id, preview.name)
+        assert Image.open(path).mode == "RGBA" and max(Image.open(path).size) <= 512
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_no_note_when_the_whole_photo_was_asked_for(runtime_factory, tmp_path: Path) -> None:  # noqa: ANN001
+    noise = tmp_path / "noise.png"
+    texture_photo("noise").save(noise)
+    runtime = runtime_factory(fal_key="")
+    job = runtime.service.create_job([Upload("noise.png", noise)], model="local/relief",
+                                     params={"background": "keep"})
+    done = wait_done(runtime.service, job.id, timeout=60)
+    assert done.items[0].message == "Done" and done.items[0].stats["mask_source"] == "full_frame"
