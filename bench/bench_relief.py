@@ -35,6 +35,7 @@ import tempfile  # noqa: E402
 
 from PIL import Image  # noqa: E402
 
+from bench.common import yardstick  # noqa: E402
 from image2model.providers.relief import generate_relief, load_image  # noqa: E402
 from tests.imagefactory import product_photo  # noqa: E402
 
@@ -107,6 +108,7 @@ def bench_photo(name: str, big: bool, repeats: int, folder: Path) -> dict:
         "cutout_kb": round(len(result.cutout) / 1e3, 1),
         "faces": result.faces,
         "mask_source": result.mask_source,
+        "shape": result.shape,
         "within_budget": seconds < BUDGET_SECONDS and len(result.glb) / 1e6 <= BUDGET_MB,
     }
 
@@ -122,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [bench_one(mp, repeats) for mp in (QUICK_SIZES_MP if args.quick else FULL_SIZES_MP)]
 
+    speed = yardstick()
     print(f"generate_relief, default parameters, median of {repeats} runs, "
-          f"{'one core' if pinned else 'unpinned'}, Python {platform.python_version()}")
+          f"{'one core' if pinned else 'unpinned'}, Python {platform.python_version()}, "
+          f"yardstick {speed:.3f} s (bench/common.py; lower is a faster core)")
     print(f"{'MP':>6} {'size':>11} {'seconds':>8} {'MB out':>7} {'vertices':>9} {'faces':>8}  mask")
     for r in rows:
         size = f"{r['size'][0]}x{r['size'][1]}"
@@ -136,14 +140,14 @@ def main(argv: list[str] | None = None) -> int:
                       for name in PHOTOS for big in ((False,) if args.quick else (False, True))]
         print(f"\nscikit-image photos: load_image + generate_relief from a JPEG, median of {repeats} runs "
               f"(budget: < {BUDGET_SECONDS:.0f} s, <= {BUDGET_MB:.0f} MB)")
-        print(f"{'photo':>15} {'size':>11} {'seconds':>8} {'MB out':>7} {'cutout KB':>9} {'faces':>8}  mask")
+        print(f"{'photo':>15} {'size':>11} {'seconds':>8} {'MB out':>7} {'cutout KB':>9} {'faces':>8}  mask / shape")
         for r in photos:
             size = f"{r['size'][0]}x{r['size'][1]}"
             flag = "" if r["within_budget"] else "  OVER BUDGET"
             print(f"{r['photo']:>15} {size:>11} {r['seconds_median']:>8.3f} {r['output_mb']:>7.2f} "
-                  f"{r['cutout_kb']:>9.1f} {r['faces']:>8}  {r['mask_source']}{flag}")
-    print(json.dumps({"benchmark": "relief", "quick": args.quick, "repeats": repeats,
-                      "one_core": pinned, "results": rows, "photos": photos}))
+                  f"{r['cutout_kb']:>9.1f} {r['faces']:>8}  {r['mask_source']} / {r['shape']}{flag}")
+    print(json.dumps({"benchmark": "relief", "quick": args.quick, "repeats": repeats, "one_core": pinned,
+                      "yardstick_s": speed, "results": rows, "photos": photos}))
     return 0
 
 

@@ -200,7 +200,20 @@ def machine() -> dict[str, Any]:
     except OSError:
         mem_kb = 0
     return {"cores": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kb / 1048576, 1),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "yardstick_s": yardstick()}
+
+
+def yardstick() -> float:
+    """Seconds for a fixed pure-Python loop (best of 3): how fast this machine's core is
+    today, so figures from different machines (or noisy neighbours) can be compared.
+    0.066 s on the 2-core AMD EPYC VM where docs/benchmarks.md's issue 13 figures were taken."""
+    best = float("inf")
+    for _ in range(3):
+        start, total = time.perf_counter(), 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - start)
+    return round(best, 3)
 
 
 def proc_status_kb_meminfo() -> int:

@@ -61,6 +61,18 @@ def load_glb(path: Path) -> trimesh.Scene:
     return trimesh.load(io.BytesIO(path.read_bytes()), file_type="glb", force="scene")
 
 
+def welded(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """The surface with its UV seams joined.
+
+    glTF stores a vertex on a texture seam once per UV (the offline model's front and
+    back sample different parts of its texture), so closedness is a property of the
+    positions: this is what a slicer or an STL export sees.
+    """
+    out = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, process=False)
+    out.merge_vertices(merge_tex=True, merge_norm=True)
+    return out
+
+
 def kill(proc: subprocess.Popen) -> None:
     """SIGKILL: no warning, no cleanup, as a crash or the OOM killer would."""
     if proc.poll() is None:

@@ -159,6 +159,13 @@ def test_two_photos_become_models_to_view_and_download_and_the_page_comes_back(
     stats = page.locator("#stats").inner_text()
     assert "faces" in stats and "KB" in stats or "MB" in stats
     assert "Finished: 2 of 2 models ready" in page.locator("#progress").inner_text()
+    # beside the model, what the model saw: the duck cut out of its background
+    seen = page.locator("#seen img")
+    src = wait_for(page, lambda: seen.count() and seen.first.get_attribute("src"), 10, "the cut-out beside the model")
+    assert "what the model saw" in page.locator("#stats").inner_text()
+    cutout = page.request.get(src if src.startswith("http") else server.url + src).body()
+    alpha = np.asarray(Image.open(io.BytesIO(cutout)).convert("RGBA"))[..., 3]
+    assert (alpha == 0).mean() > 0.2 and (alpha == 255).mean() > 0.2
     shot(page, "04-models-ready")
 
     glb = download(page, "#download-glb", tmp_path / "download.glb")

@@ -12,7 +12,7 @@ import pytest
 from image2model.errors import AppError
 from image2model.jobs.model import ItemState, JobState
 from image2model.jobs.service import Upload
-from tests.engine_helpers import load_glb, make_image, uploads_for, wait_done, wait_until
+from tests.engine_helpers import load_glb, make_image, uploads_for, wait_done, wait_until, welded
 
 
 def sha(path: Path) -> str:
@@ -377,10 +377,13 @@ def test_offline_model_through_the_engine_on_every_awkward_input(runtime_factory
     assert sources[f.full_frame_photo().name + ".jpg"] == "full_frame"
     assert sources[f.rgba_star().name + ".png"] == "alpha"
     assert sources[f.product_photo().name + ".jpg"] == "background"
+    shapes = {i.name: i.stats["shape"] for i in done.items}
+    assert shapes[f.product_photo().name + ".jpg"] == "revolve"  # a bottle is turned round
+    assert shapes[f.full_frame_photo().name + ".jpg"] == "relief"
     for item in done.items:
         scene = load_glb(runtime.files.result_path(job.id, item.model_file.name))
         mesh = next(iter(scene.geometry.values()))
-        assert mesh.is_watertight, item.name
+        assert welded(mesh).is_watertight, item.name
     rotated = next(i for i in done.items if i.name.startswith("exif"))
     extents = rotated.stats["extents"]
     assert extents[1] > extents[0], "the EXIF-rotated photo must give an upright (taller) model"

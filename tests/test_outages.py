@@ -12,6 +12,8 @@ import uuid
 from pathlib import Path
 
 import httpx
+import numpy as np
+from PIL import Image
 import pytest
 from httpx_sse import connect_sse
 
@@ -20,7 +22,7 @@ from tests.conftest import make_settings, start_consumer_process
 from tests.engine_helpers import wait_until
 from tests.live_server import LiveServer
 from tests.netutil import free_port, stop_process, wait_for_port
-from tests.rest_helpers import assert_error, png, post_images
+from tests.rest_helpers import assert_error, encode, picture, png, post_images
 
 OPEN = {"rate_limit_api": "off", "rate_limit_upload": "off"}
 
@@ -167,12 +169,22 @@ def test_a_full_disk_refuses_uploads_plainly_and_harms_nothing(live_server_facto
         assert post_images(client, big).status_code == 202, "space came back but uploads stayed refused"
 
 
+def speckled_png() -> bytes:
+    """A 1600x1200 object whose model is well over 384 KB: its texture is noise, which JPEG
+    cannot shrink (a plain one makes a model small enough to fit)."""
+    img = picture((1600, 1200))
+    noise = np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    inside = np.asarray(img.convert("L")) < 250
+    speckled = np.where(inside[..., None], noise, np.asarray(img))
+    return encode(Image.fromarray(speckled))
+
+
 def test_an_item_that_cannot_save_its_model_fails_with_disk_full(live_server_factory, small_disk) -> None:  # noqa: ANN001
     server = live_server_factory(data_dir=small_disk / "data", fal_key="", min_free_disk_mb=0, **OPEN)
     runtime = server.runtime
     runtime.stop_consumer()  # so the disk fills between the upload and the model's save
     with httpx.Client(base_url=server.url, timeout=60) as client:
-        job_id = post_images(client, [("photo.png", png(size=(1600, 1200)))]).json()["job_id"]
+        job_id = post_images(client, [("photo.png", speckled_png())]).json()["job_id"]
         filler = fill(small_disk, leave_bytes=384 * 1024)  # room for the job store, not for a model
         runtime.start_consumer()
         wait_until(lambda: client.get(f"/api/v1/status/tasks/{job_id}").json()["state"] == "failed",

@@ -328,7 +328,7 @@ def build_catalog() -> dict[str, ModelSpec]:
     per, multi = Mode.PER_IMAGE, Mode.MULTI_VIEW
     specs = [
         ModelSpec(LOCAL_MODEL, "Offline preview (relief)",
-                  "Runs here on the CPU in a second or two: a puffed relief of the object, no key needed.",
+                  "Runs here on the CPU in a second or two: cups, vases and bottles turned round, other objects puffed up; no key needed.",
                   "local", params=_local_params(), typical_seconds=2.0, price="free"),
         ModelSpec("fal-ai/trellis", "TRELLIS", "Microsoft TRELLIS: detailed textured models from one image.",
                   "fal", params=TRELLIS_PARAMS, typical_seconds=30, price="$0.02"),

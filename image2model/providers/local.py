@@ -44,7 +44,7 @@ class LocalReliefProvider:
             return ProviderOutput(
                 has_preview=True,
                 run_seconds=time.monotonic() - started,
-                extra_stats={"mask_source": result.mask_source},
+                extra_stats={"mask_source": result.mask_source, "shape": result.shape},
                 note=None if result.separated or kept else NOTHING_STOOD_OUT,
             )
         finally:

@@ -45,6 +45,7 @@ from image2model.web.ui_view import (
     friendly,
     model_file,
     notice_html,
+    preview_file,
     progress_html,
     result_choices,
     stats_text,
@@ -55,6 +56,8 @@ __all__ = ["UI_CSS", "UI_HEAD", "UI_THEME", "build_ui"]
 
 WATCH_EVERY = 0.75  # seconds between refreshes of elapsed times while nothing else changes
 NOT_FOUND = "That job was not found; it may have expired."
+SEEN_LABEL = "What the model saw"
+SEEN_NOTE = "\n\nOn the left, **what the model saw**: your photo with the background taken away."
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 
@@ -187,7 +190,11 @@ class Page:
                                   label="Images", elem_id="items", max_height=320)
         self.viewer = gr.Model3D(label="3D model", elem_id="viewer", height=420, clear_color=(0.94, 0.95, 0.96, 1.0))
         self.result_pick = gr.Dropdown([], label="Show result", elem_id="result-pick", interactive=True)
-        self.stats = gr.Markdown(elem_id="stats")
+        with gr.Row(equal_height=False):
+            # the offline model's cut-out ("what the model saw"), or the model's own preview picture
+            self.seen = gr.Image(label=SEEN_LABEL, show_label=False, elem_id="seen", height=140, width=140,
+                                 interactive=False, buttons=[], visible=False, scale=0, min_width=140)
+            self.stats = gr.Markdown(elem_id="stats")
         with gr.Row(equal_height=True):
             self.glb_btn = gr.DownloadButton("Download GLB", elem_id="download-glb", interactive=False)
             self.zip_btn = gr.Button("Download all (ZIP)", elem_id="download-zip", interactive=False)
@@ -227,7 +234,7 @@ class Page:
                            *self.form.inputs], concurrency_limit=None, show_progress="hidden", **PRIVATE)
         self.cancel_btn.click(self.cancel, [self.job_box], [self.notice], concurrency_limit=None, **PRIVATE)
         self.result_pick.input(self.show_result, [self.job_box, self.result_pick],
-                               [self.viewer, self.stats, self.glb_btn, self.notice, self.view_state],
+                               [self.viewer, self.stats, self.seen, self.glb_btn, self.notice, self.view_state],
                                concurrency_limit=None, **PRIVATE)
         self.convert_btn.click(self.export, [self.job_box, self.result_pick, self.fmt],
                                [self.export_file, self.notice], concurrency_limit=2, **PRIVATE)
@@ -239,7 +246,7 @@ class Page:
         the box, not off each button's event chain: a double click on Generate sends two
         starts at once, and Gradio 6.31 then dropped the chains of both (no watcher at all).
         A new watcher replaces the tab's old one, which stops at its next update."""
-        watch_outputs = [self.progress, self.table, self.viewer, self.result_pick, self.stats, self.glb_btn,
+        watch_outputs = [self.progress, self.table, self.viewer, self.result_pick, self.stats, self.seen, self.glb_btn,
                          self.cancel_btn, self.generate_btn, self.zip_btn, self.convert_btn, self.export_file, self.notice,
                          self.view_state]
         self.job_box.change(None, [self.job_box], None, js=SET_URL_JS, **PRIVATE).then(
@@ -398,13 +405,19 @@ class Page:
 
     def clear_results(self, job_id: str) -> dict[Any, Any]:
         """Another job: forget the last one's viewer, picks and downloads."""
-        return {self.viewer: None, self.stats: "", self.glb_btn: gr.update(value=None, interactive=False),
+        return {self.viewer: None, self.stats: "", self.seen: gr.update(value=None, visible=False),
+                self.glb_btn: gr.update(value=None, interactive=False),
                 self.export_file: gr.update(value=None, visible=False),
                 self.view_state: {"job": job_id, "index": None}}
 
     def show_item(self, job_id: str, item: dict[str, Any]) -> dict[Any, Any]:
         path = str(self.runtime.files.result_path(job_id, model_file(item)["name"]))  # type: ignore[index]
-        return {self.viewer: path, self.stats: stats_text(item),
+        preview = preview_file(item)
+        cutout = preview is not None and "mask_source" in (item.get("stats") or {})  # the offline model's
+        seen = (gr.update(value=str(self.runtime.files.result_path(job_id, preview["name"])), visible=True,
+                          label=SEEN_LABEL if cutout else "Preview")
+                if preview else gr.update(value=None, visible=False))
+        return {self.viewer: path, self.stats: stats_text(item) + (SEEN_NOTE if cutout else ""), self.seen: seen,
                 self.glb_btn: gr.update(value=path, interactive=True),
                 self.view_state: {"job": job_id, "index": item["index"]}}
 

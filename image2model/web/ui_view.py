@@ -96,6 +96,10 @@ def model_file(item: dict[str, Any]) -> dict[str, Any] | None:
     return next((f for f in item.get("files") or [] if f["kind"] == "model"), None)
 
 
+def preview_file(item: dict[str, Any]) -> dict[str, Any] | None:
+    return next((f for f in item.get("files") or [] if f["kind"] == "preview"), None)
+
+
 def result_choices(status: dict[str, Any] | None) -> list[tuple[str, int]]:
     return [(model_file(item)["name"], item["index"]) for item in finished_items(status)]  # type: ignore[index]
 

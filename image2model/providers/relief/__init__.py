@@ -1,29 +1,30 @@
-"""Offline "relief" generator: one image in, a closed, textured, puffed-up 3D model (GLB) out.
+"""Offline "relief" generator: one image in, a closed, textured 3D model (GLB) out.
 
-Pure CPU (numpy, scipy, Pillow, trimesh); no model weights, no network. The pipeline:
+Pure CPU (numpy, scipy, OpenCV, Pillow, trimesh); no model weights, no network. The pipeline:
 
 1. Separate the object (separation.py, segmentation.py): the alpha channel if the image
    has a meaningful one; otherwise the best-scoring of background removal grown in from
    the border and GrabCut seedings; a whole-frame plate when nothing stands out.
-2. Build the mesh on a regular lattice over the frame: a front sheet and a mirrored back
-   sheet that share their boundary vertices (the silhouette), so the result is closed.
-   Each mask cell is a fan of 8 triangles around its centre; that layout has no edge
-   joining two silhouette vertices across the inside, so the shell is always manifold.
-3. Inflate: height follows a rounded profile of the distance to the silhouette, plus an
-   optional luminance relief on the front.
-4. Texture: the front shows the image (UV = image position); the back uses the same UVs,
-   which a viewer shows mirrored, darkened with vertex colours. Sharing UVs keeps the
-   silhouette vertices welded in the GLB, so the file itself stays watertight.
+2. Choose the shape (revolve.py): an object whose outline is mirror-symmetric about an
+   upright axis (a cup, a vase, a bottle) is spun round that axis, as deep as it is wide;
+   what sticks out of the spun body (a handle) and every other object is puffed up.
+3. Puff up (mesh.py): a front and a back sheet on a lattice over the object, sharing
+   their boundary (the silhouette), so the result is closed. Each mask cell is a fan of
+   8 triangles around its centre; that layout has no edge joining two silhouette vertices
+   across the inside, so the shell is always manifold. Height follows a rounded profile
+   of the distance to the silhouette, plus an optional brightness relief on the front.
+4. Texture (texture.py): the front shows the photo (UV = photo position); the back,
+   which the photo does not show, takes each row's typical object colour from a strip
+   beside the photo, so nothing appears mirrored.
 5. Place as glTF expects (Y up, facing +Z, centred, largest dimension 1) and export GLB.
 
-One module per stage: loading, separation (+ segmentation), mesh, texture, export; the
-parameters and their checks live in params.
+One module per stage; the parameters and their checks live in params.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -43,12 +44,14 @@ from image2model.providers.relief.mesh import (
 )
 from image2model.providers.relief.params import RELIEF_PARAMS, validate
 from image2model.providers.relief.separation import Separation, separate
-from image2model.providers.relief.texture import (
-    TEXTURE_MAX_SIDE,
-    as_jpeg,
-    make_texture,
-    texture_box,
+from image2model.providers.relief.revolve import (
+    build_lathe,
+    fit_profile,
+    lathe_segments,
+    leftover_pieces,
+    suits_revolve,
 )
+from image2model.providers.relief.texture import TEXTURE_MAX_SIDE, as_jpeg, make_atlas
 
 __all__ = ["RELIEF_PARAMS", "SOURCE_MAX_SIDE", "STAGES", "TEXTURE_MAX_SIDE", "ReliefResult", "generate_relief", "load_image"]
 
@@ -62,6 +65,7 @@ class ReliefResult:
     faces: int
     mask_source: str  # "alpha" | "background" | "grabcut" | "full_frame"
     cutout: bytes = b""  # "what the model saw": PNG, the photo with the background made transparent
+    shape: str = "relief"  # "relief" (puffed up) | "revolve" (turned round an upright axis)
 
     @property
     def separated(self) -> bool:
@@ -69,15 +73,22 @@ class ReliefResult:
         return self.mask_source != "full_frame"
 
 
-def generate_relief(image: Image.Image, *, resolution: int = 160, inflation: float = 0.35,
+@dataclass(frozen=True)
+class _Part:
+    vertices: np.ndarray  # source pixels: x right, y down, z towards the viewer
+    faces: np.ndarray
+    back_faces: np.ndarray
+
+
+def generate_relief(image: Image.Image, *, resolution: int = 160, inflation: float = 0.5,
                     detail: float = 0.15, bg_tolerance: float = 0.12, background: str = "auto",
-                    progress: Callable[[float, str], None] | None = None) -> ReliefResult:
-    """Turn one image into a closed, textured, puffed-up model of its main object (GLB bytes)."""
+                    shape: str = "auto", progress: Callable[[float, str], None] | None = None) -> ReliefResult:
+    """Turn one image into a closed, textured model of its main object (GLB bytes)."""
     if not isinstance(image, Image.Image):
         raise ValueError(f"image must be a PIL image, got {type(image).__name__}")
     if image.width < 1 or image.height < 1:
         raise ValueError("image must not be empty")
-    validate(resolution, inflation, detail, bg_tolerance, background)
+    validate(resolution, inflation, detail, bg_tolerance, background, shape)
     resolution, inflation, detail, bg_tolerance = int(resolution), float(inflation), float(detail), float(bg_tolerance)
     report = progress or (lambda fraction, message: None)
 
@@ -85,25 +96,64 @@ def generate_relief(image: Image.Image, *, resolution: int = 160, inflation: flo
     src = prepare_source(image)
     width, height = src.size
     sep = separate(src, resolution, bg_tolerance, background)
-    cells = cell_mask(sep, *grid_shape(width, height, resolution))
+    grid = grid_shape(width, height, resolution)
+    cells = cell_mask(sep, *grid)
     if not cells.any():
         sep = Separation(None, "full_frame")
         cells = np.ones_like(cells)
 
     report(0.3, STAGES[1])
-    lum = node_luminance(src, 2 * cells.shape[1] + 1, 2 * cells.shape[0] + 1)
-    outline = None if sep.mask is None else Outline(sep.mask, (width, height))
-    shell = build_shell(cells, width, height, outline, inflation, detail, lum)
+    parts, sep = _revolved(src, sep, grid, resolution, inflation, detail, shape)
+    made = "revolve" if parts else "relief"
+    if not parts:
+        outline = None if sep.mask is None else Outline(sep.mask, (width, height))
+        parts = [_puffed(src, cells, outline, inflation, detail)]
 
     report(0.55, STAGES[2])
-    box = texture_box(cells, width, height)
-    texture = as_jpeg(make_texture(src, sep, cells, box))
-    uv = np.column_stack([
-        (shell.vertices[:, 0] - box[0]) / (box[2] - box[0]),
-        1.0 - (shell.vertices[:, 1] - box[1]) / (box[3] - box[1]),
-    ]).clip(0.0, 1.0)
+    atlas = make_atlas(src, sep, cells)
+    texture = as_jpeg(atlas.image)
 
     report(0.8, STAGES[3])
-    glb = export_glb(place(shell.vertices), shell.faces, uv, shell.is_back, texture)
-    return ReliefResult(glb=glb, vertices=len(shell.vertices), faces=len(shell.faces), mask_source=sep.source,
-                        cutout=cutout_png(src, sep.mask))
+    offsets = np.cumsum([0] + [len(p.vertices) for p in parts])
+    vertices = np.concatenate([p.vertices for p in parts])
+    faces = np.concatenate([p.faces + o for p, o in zip(parts, offsets, strict=False)])
+    back_faces = np.concatenate([p.back_faces for p in parts])
+    glb = export_glb(place(vertices), vertices[:, :2], faces, back_faces, atlas.uv, texture)
+    return ReliefResult(glb=glb, vertices=len(vertices), faces=len(faces), mask_source=sep.source,
+                        cutout=cutout_png(src, sep.mask), shape=made)
+
+
+def _puffed(src: Image.Image, cells: np.ndarray, outline: Outline | None, inflation: float,
+            detail: float) -> _Part:
+    lum = node_luminance(src, 2 * cells.shape[1] + 1, 2 * cells.shape[0] + 1)
+    shell = build_shell(cells, src.width, src.height, outline, inflation, detail, lum)
+    return _Part(shell.vertices, shell.faces, shell.back_faces)
+
+
+def _revolved(src: Image.Image, sep: Separation, grid: tuple[int, int], resolution: int,
+              inflation: float, detail: float, shape: str) -> tuple[list[_Part], Separation]:
+    """The spun body and its puffed-up handles, or [] when the object is not made round.
+
+    Also returns the separation as the texture should see it: a handle's open eye is
+    background, so its colour is not spread onto the handle.
+    """
+    if sep.mask is None or shape == "relief":
+        return [], sep
+    profile = fit_profile(sep.mask)
+    if profile is None:
+        return [], sep
+    pieces = leftover_pieces(sep.mask, profile, sep.holes)
+    if shape == "auto" and not suits_revolve(sep.mask, profile, pieces, sep.holes):
+        return [], sep
+    scale = src.width / sep.mask.shape[1]
+    rows = round(resolution * len(profile.radii) * scale / max(src.size))
+    lathe = build_lathe(profile, scale, rows, lathe_segments(resolution))
+    parts = [_Part(lathe.vertices, lathe.faces, lathe.back_faces)]
+    for piece in pieces:
+        cells = cell_mask(Separation(piece, sep.source), *grid)
+        if cells.sum() >= 4:
+            parts.append(_puffed(src, cells, Outline(piece, src.size), inflation, detail))
+    if sep.holes is not None and sep.source != "alpha":
+        colours = sep.colour_mask if sep.colour_mask is not None else sep.mask
+        sep = replace(sep, colour_mask=colours & ~(sep.holes & ~profile.body))
+    return parts, sep

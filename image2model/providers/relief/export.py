@@ -1,15 +1,15 @@
-"""Output: place the shell as glTF expects and write a textured GLB; the cut-out preview."""
+"""Output: place the model as glTF expects and write a textured GLB; the cut-out preview."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 import trimesh
 from PIL import Image
 
 CUTOUT_MAX_SIDE = 512  # the preview is a thumbnail
-_BACK_SHADE = 205  # vertex colour of the back (of 255): a slightly darker copy
 
 
 def place(vertices: np.ndarray) -> np.ndarray:
@@ -20,15 +20,43 @@ def place(vertices: np.ndarray) -> np.ndarray:
     return out / max(float((hi - lo).max()), 1e-12)
 
 
-def export_glb(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray,
-                is_back: np.ndarray, texture: Image.Image) -> bytes:
-    """Textured GLB with a matte PBR material and the back shaded by vertex colours."""
+def split_seams(faces: np.ndarray, back_faces: np.ndarray, n_vertices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Give the back its own copy of each vertex it shares with the front.
+
+    Front and back sample different parts of the texture, so a vertex on the seam
+    between them needs two UVs; glTF stores that as two vertices at one position (a UV
+    seam, as in any textured model). Returns the new faces, each new vertex's original,
+    and which new vertices belong to the back.
+    """
+    on_back = np.zeros(n_vertices, dtype=bool)
+    on_back[faces[back_faces].ravel()] = True
+    on_front = np.zeros(n_vertices, dtype=bool)
+    on_front[faces[~back_faces].ravel()] = True
+    shared = np.flatnonzero(on_back & on_front)
+    copy_of = np.arange(n_vertices)
+    copy_of[shared] = n_vertices + np.arange(len(shared))
+    out = faces.copy()
+    out[back_faces] = copy_of[faces[back_faces]]
+    source = np.concatenate([np.arange(n_vertices), shared])
+    is_back = np.concatenate([on_back & ~on_front, np.ones(len(shared), dtype=bool)])
+    return out, source, is_back
+
+
+def export_glb(placed: np.ndarray, source_xy: np.ndarray, faces: np.ndarray, back_faces: np.ndarray,
+               uv_of: Callable[[np.ndarray, np.ndarray], np.ndarray], texture: Image.Image) -> bytes:
+    """Textured GLB with a matte PBR material.
+
+    `placed` are the welded vertices (one per position) as glTF expects them,
+    `source_xy` where each lies on the photo; `uv_of(xy, back)` turns those into UVs.
+    Normals come from the welded surface, so the UV seam does not show as a crease.
+    """
+    normals = trimesh.Trimesh(vertices=placed, faces=faces, process=False).vertex_normals
+    split, source, is_back = split_seams(faces, back_faces, len(placed))
     material = trimesh.visual.material.PBRMaterial(
         baseColorTexture=texture, metallicFactor=0.0, roughnessFactor=0.9, doubleSided=False)
-    visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
-    shade = np.where(is_back, _BACK_SHADE, 255).astype(np.uint8)
-    visual.vertex_attributes["color"] = np.column_stack([shade, shade, shade, np.full_like(shade, 255)])
-    mesh = trimesh.Trimesh(vertices=vertices, faces=faces, visual=visual, process=False, validate=False)
+    visual = trimesh.visual.TextureVisuals(uv=uv_of(source_xy[source], is_back), material=material)
+    mesh = trimesh.Trimesh(vertices=placed[source], faces=split, vertex_normals=normals[source],
+                           visual=visual, process=False, validate=False)
     return mesh.export(file_type="glb", include_normals=True)
 
 
@@ -44,5 +72,5 @@ def cutout_png(src: Image.Image, mask: np.ndarray | None) -> bytes:
         alpha = Image.fromarray(mask.astype(np.uint8) * 255, "L").resize(thumb.size, Image.Resampling.BILINEAR)
     thumb.putalpha(alpha)
     buf = io.BytesIO()
-    thumb.save(buf, format="PNG", optimize=False)
+    thumb.save(buf, format="PNG", compress_level=3)  # a thumbnail: fast beats smallest
     return buf.getvalue()

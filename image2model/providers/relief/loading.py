@@ -9,7 +9,7 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageOps
 
-SOURCE_MAX_SIDE = 2048  # working copy of the input; the texture is cropped from it
+SOURCE_MAX_SIDE = 1600  # working copy of the input; the texture (at most 1024) is cropped from it
 
 _RESAMPLABLE = {"RGB", "RGBA", "L", "LA", "I", "F", "CMYK", "RGBX", "RGBa", "La", "YCbCr", "LAB", "HSV"}
 

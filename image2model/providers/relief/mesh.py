@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,7 +57,7 @@ _RING = ((0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0))
 class Shell:
     vertices: np.ndarray  # (n, 3) image pixel units: x right, y down, z towards the viewer
     faces: np.ndarray  # (m, 3) int, outward winding in a y-up frame
-    is_back: np.ndarray  # (n,) bool, back-sheet vertices (for the darker shade)
+    back_faces: np.ndarray  # (m,) bool, faces of the back sheet (not in the photo)
 
 
 def _lattice_nodes(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -163,14 +164,20 @@ def _heights(dist: np.ndarray, step: tuple[float, float], long_side: float, full
     """Front and back height (>= 0, both zero on the silhouette) from the inward distance.
 
     The object bulges like a pillow: a quarter-circle profile of the distance to the
-    silhouette. The plate has constant thickness with a rounded rim.
+    silhouette, reaching its full height where the object is thickest. How high that is
+    follows the object's overall size (the radius of a disc of the same area), not just
+    its thickest point, so a compact but elongated object (a duck, a cat's head) gets a
+    body rather than a biscuit; at most the thickest point's full width, so thin things
+    stay round in section instead of becoming fins. The plate has constant thickness
+    with a rounded rim.
     """
     if full_frame:
         thickness = _PLATE_THICKNESS * inflation * long_side
         radius = max(thickness, 1.5 * max(step))
     else:
         radius = max(float(dist.max()), 1e-9)
-        thickness = inflation * radius
+        disc_radius = math.sqrt(float((dist > 0).sum()) * step[0] * step[1] / math.pi)
+        thickness = inflation * min(disc_radius, 2.0 * radius)
     t = np.minimum(dist / radius, 1.0)
     back = thickness * np.sqrt(1.0 - (1.0 - t) ** 2)
     ramp = max(0.3 * radius, 1.5 * max(step))
@@ -249,8 +256,8 @@ def build_shell(cells: np.ndarray, width: int, height: int, outline: Outline | N
         np.column_stack([xy[back_nodes_used], -back_h.ravel()[back_nodes_used]]),
     ])
     faces = np.concatenate([front_index[front_nodes], back_index[back_nodes]])
-    is_back = np.arange(len(vertices)) >= n_front
-    return Shell(vertices, faces, is_back)
+    back_faces = np.arange(len(faces)) >= len(front_nodes)
+    return Shell(vertices, faces, back_faces)
 
 
 def node_luminance(src: Image.Image, node_cols: int, node_rows: int) -> np.ndarray:

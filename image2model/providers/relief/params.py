@@ -17,11 +17,12 @@ RELIEF_PARAMS: list[dict] = [
     {
         "name": "inflation",
         "type": "float",
-        "default": 0.35,
+        "default": 0.5,
         "minimum": 0.05,
         "maximum": 1.0,
         "step": 0.05,
-        "help": "Thickness relative to the object's width: 1 makes round shapes spherical, small values flat.",
+        "help": "How thick the model is, relative to its width: 1 makes a round object a ball, small values "
+                "make it flat. Objects turned round (shape: revolve) are always as deep as they are wide.",
     },
     {
         "name": "detail",
@@ -30,7 +31,7 @@ RELIEF_PARAMS: list[dict] = [
         "minimum": 0.0,
         "maximum": 1.0,
         "step": 0.05,
-        "help": "Fine relief on the front from the image's brightness (bright is raised); 0 turns it off.",
+        "help": "Raises the bright parts of the photo a little on the model's front, for texture; 0 turns it off.",
     },
     {
         "name": "bg_tolerance",
@@ -39,7 +40,8 @@ RELIEF_PARAMS: list[dict] = [
         "minimum": 0.01,
         "maximum": 0.5,
         "step": 0.01,
-        "help": "Colour distance (0..1) within which pixels count as background when removing it.",
+        "help": "How different from the background a colour must be to count as the object (0 to 1). "
+                "Raise it if shadows are kept; lower it if parts of the object go missing.",
     },
     {
         "name": "background",
@@ -49,12 +51,20 @@ RELIEF_PARAMS: list[dict] = [
         "help": "auto: remove the background when an object stands out; remove: always cut out the "
                 "best guess; keep: model the whole photo.",
     },
+    {
+        "name": "shape",
+        "type": "choice",
+        "default": "auto",
+        "choices": ["auto", "relief", "revolve"],
+        "help": "auto: turn cups, vases, bottles and bowls round, puff up everything else; relief: always puff "
+                "up; revolve: always turn round about the upright axis.",
+    },
 ]
 _PARAMS = {p["name"]: p for p in RELIEF_PARAMS}
 
 
 def validate(resolution: object, inflation: object, detail: object, bg_tolerance: object,
-             background: object = "auto") -> None:
+             background: object = "auto", shape: object = "auto") -> None:
     """Raise ValueError naming the first parameter that is of the wrong type or out of range."""
     for name, value in (("resolution", resolution), ("inflation", inflation),
                         ("detail", detail), ("bg_tolerance", bg_tolerance)):
@@ -66,6 +76,7 @@ def validate(resolution: object, inflation: object, detail: object, bg_tolerance
             raise ValueError(f"{name} must be a whole number between {lo} and {hi}, got {value!r}")
         if not (lo <= float(value) <= hi):  # also rejects NaN
             raise ValueError(f"{name} must be between {lo} and {hi}, got {value!r}")
-    choices = _PARAMS["background"]["choices"]
-    if background not in choices:
-        raise ValueError(f"background must be one of {', '.join(choices)}, got {background!r}")
+    for name, value in (("background", background), ("shape", shape)):
+        choices = _PARAMS[name]["choices"]
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

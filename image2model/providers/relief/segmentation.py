@@ -19,7 +19,8 @@ from scipy import ndimage
 cv2.setNumThreads(1)  # an item gets one core (providers/local.py CPU_SLOTS); no thread pool of its own
 
 GRABCUT_SIDE = 160  # long side GrabCut runs at: 2 px per mesh cell at default resolution; cheap
-GRABCUT_ITERATIONS = 3
+GRABCUT_ITERATIONS = 2
+JUDGING_SIDE = 320  # long side candidates are scored at
 MIN_FRACTION, MAX_FRACTION = 0.015, 0.85  # an object fills this share of the frame
 PREFERRED_FRACTION = 0.25  # smaller masks are scored down: more likely a detail (an eye) than the subject
 MIN_SCORE = 0.22  # below this no candidate looks like an object: use the whole frame
@@ -32,12 +33,23 @@ class Candidate:
     score: float
 
 
-def grabcut_candidates(rgb: np.ndarray, seed: np.ndarray | None) -> list[np.ndarray]:
-    """Object masks from GrabCut on a downscaled copy, one per seeding, at `rgb`'s size.
+def judging_size(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(width, height) of the copy candidates are scored on."""
+    h, w = shape[:2]
+    scale = min(1.0, JUDGING_SIDE / max(h, w))
+    return max(8, round(w * scale)), max(8, round(h * scale))
+
+
+def grabcut_candidates(rgb: np.ndarray, seed: np.ndarray | None,
+                       out_shape: tuple[int, ...] | None = None) -> list[np.ndarray]:
+    """Object masks from GrabCut on a downscaled copy, one per seeding, at `out_shape`
+    (default: `rgb`'s size).
 
     `rgb` is float 0..1 (h, w, 3); `seed` is the border-colour method's mask, if any.
-    Seedings: that mask; a saliency map (colour unlike the border) weighted by a centre
-    prior; a centred rectangle, and one open at the bottom for things cut by the frame.
+    Seedings: that mask, or without one a saliency map (colour unlike the border) weighted
+    by a centre prior; a centred rectangle, and one open at the bottom for things cut by
+    the frame. Each GrabCut run is a tenth to a sixth of a second: no more seedings than
+    win somewhere (on the scikit-image set, saliency never beat the mask it resembles).
     """
     h, w = rgb.shape[:2]
     scale = min(1.0, GRABCUT_SIDE / max(h, w))
@@ -50,8 +62,8 @@ def grabcut_candidates(rgb: np.ndarray, seed: np.ndarray | None) -> list[np.ndar
     if seed is not None and seed.any():
         seed_small = cv2.resize(seed.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
         seeds.append(_seed_from_mask(seed_small))
-    saliency = _saliency(small.astype(np.float32) / 255.0)
-    seeds.append(_seed_from_saliency(saliency))
+    else:  # saliency is colour unlike the border's: what that mask already found, if there is one
+        seeds.append(_seed_from_saliency(_saliency(small.astype(np.float32) / 255.0)))
     my, mx = max(1, round(0.05 * sh)), max(1, round(0.05 * sw))
     for bottom in (sh - my, sh):  # inside the frame; or standing on (cut by) its bottom edge
         rect = np.full((sh, sw), cv2.GC_BGD, np.uint8)
@@ -64,7 +76,8 @@ def grabcut_candidates(rgb: np.ndarray, seed: np.ndarray | None) -> list[np.ndar
         if labels is None:
             continue
         fg = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
-        up = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
+        out_h, out_w = (out_shape or rgb.shape)[:2]
+        up = cv2.resize(fg, (out_w, out_h), interpolation=cv2.INTER_LINEAR) >= 0.5
         masks.append(up)
     return masks
 

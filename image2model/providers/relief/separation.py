@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
 from scipy import ndimage
@@ -24,6 +25,9 @@ class Separation:
     # Pixels whose colour belongs to the object (no closing, so no background caught in
     # concave corners); the texture takes colours only from these. None: use the mask.
     colour_mask: np.ndarray | None = None
+    # Background seen through the object (a mug handle's eye), or a pale logo: `mask` has
+    # them filled. Only a part that stands out of a turned body gets them cut (revolve.py).
+    holes: np.ndarray | None = None
 
 
 def _analysis_side(resolution: int) -> int:
@@ -43,25 +47,38 @@ def separate(src: Image.Image, resolution: int, tolerance: float, background: st
     if small.mode == "RGBA":
         alpha = np.asarray(small.getchannel("A"))
         if (alpha < 128).mean() > 0.001:
-            mask = keep_object(_clean(alpha >= 128))
-            return Separation(mask, "alpha") if _plausible(mask, 0.0005) else Separation(None, "full_frame")
+            opaque = _clean(alpha >= 128)
+            mask = keep_object(opaque)
+            if not _plausible(mask, 0.0005):
+                return Separation(None, "full_frame")
+            return Separation(mask, "alpha", holes=_sizeable(mask & ~opaque, mask))
     rgb = np.asarray(small.convert("RGB"), dtype=np.float32) / 255.0
     found = _remove_background(rgb, tolerance)
     seed = found[0] if found is not None and _plausible(found[0], 0.005) else None
+    # Candidates are judged on a smaller copy (scoring at full analysis size cost half the
+    # time of a 12 MP photo and chose the same masks); only the winner is made at full size.
+    judge = cv2.resize(rgb, segmentation.judging_size(rgb.shape), interpolation=cv2.INTER_AREA)
     candidates: list[segmentation.Candidate] = []
     if seed is not None:
-        backdrop = segmentation.Candidate(seed, "background", segmentation.score(seed, rgb))
+        backdrop = segmentation.Candidate(seed, "background", segmentation.score(_resized(seed, judge.shape), judge))
         if backdrop.score >= BACKDROP_SCORE:
-            return Separation(seed, "background", found[1])  # a plain backdrop: exact as it is
+            return Separation(seed, "background", found[1], found[2])  # a plain backdrop: exact as it is
         candidates.append(backdrop)
-    for mask in segmentation.grabcut_candidates(rgb, seed):
+    for mask in segmentation.grabcut_candidates(rgb, seed, judge.shape):
         mask = keep_object(_clean(mask))
-        candidates.append(segmentation.Candidate(mask, "grabcut", segmentation.score(mask, rgb)))
+        candidates.append(segmentation.Candidate(mask, "grabcut", segmentation.score(mask, judge)))
     best = max(candidates, key=lambda c: c.score, default=None)
     if best is None or best.score <= 0.0 or (best.score < segmentation.MIN_SCORE and background != "remove"):
         return Separation(None, "full_frame")
-    colour = found[1] if best.source == "background" and found is not None else None
-    return Separation(best.mask, best.source, colour)
+    if best.source == "background" and found is not None:
+        return Separation(seed, best.source, found[1], found[2])
+    return Separation(keep_object(_clean(_resized(best.mask, rgb.shape))), best.source)
+
+
+def _resized(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A mask at another size (rows, columns of `shape`), its outline smoothly resampled."""
+    size = (shape[1], shape[0])
+    return cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_LINEAR) >= 0.5
 
 
 def _plausible(mask: np.ndarray, min_fraction: float) -> bool:
@@ -77,11 +94,11 @@ def border(a: np.ndarray, width: int) -> np.ndarray:
     return ring
 
 
-def _remove_background(rgb: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray] | None:
+def _remove_background(rgb: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Object mask by growing the border's colour inward, or None if the border is not uniform.
 
-    Returns the cleaned shape mask and, within it, the pixels not reached by the
-    background (the texture trusts only those).
+    Returns the cleaned shape mask; within it, the pixels not reached by the background
+    (the texture trusts only those); and the patches of background colour it encloses.
 
     The background is modelled as a colour plane (constant plus linear gradient) fitted
     to the border, so soft studio lighting gradients still count as background.
@@ -111,7 +128,18 @@ def _remove_background(rgb: np.ndarray, tolerance: float) -> tuple[np.ndarray, n
     touching = touching[touching > 0]
     obj = ~np.isin(labels, touching)
     shape = keep_object(_clean(obj))
-    return shape, shape & obj
+    return shape, shape & obj, _sizeable(shape & close, shape)
+
+
+def _sizeable(patches: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The patches big enough to be a real opening (specks and seams along edges are not)."""
+    opened = ndimage.binary_opening(patches, iterations=max(1, round(0.005 * max(mask.shape))))
+    labels, count = ndimage.label(opened)
+    if count == 0:
+        return opened
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return np.isin(labels, np.flatnonzero(sizes >= max(9, 0.002 * mask.sum())))
 
 
 def colour_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -130,10 +158,21 @@ def _clean(mask: np.ndarray) -> np.ndarray:
 
 def keep_object(mask: np.ndarray) -> np.ndarray:
     """Fill holes and keep the largest piece (object and background both 4-connected)."""
-    mask = ndimage.binary_fill_holes(mask)
+    mask = fill_holes(mask)
     labels, count = ndimage.label(mask)
     if count <= 1:
         return mask
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """The mask with every hole filled: background not 4-connected to the frame's edge.
+
+    As scipy's binary_fill_holes, but by labelling the background once instead of
+    dilating from the edge until nothing changes (ten times faster on a 640-pixel mask).
+    """
+    labels, _ = ndimage.label(~mask)
+    outside = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return ~np.isin(labels, outside[outside > 0])
