@@ -15,6 +15,10 @@ from image2model.jobs.model import Mode
 from image2model.providers.catalog import ModelSpec
 
 
+# Said while a photo waits for a CPU core: the page shows such a photo as queued, not working.
+WAITING_FOR_CPU = "Waiting for a free CPU core"
+
+
 class ItemFailed(Exception):
     """The item cannot succeed; `retryable` failures may succeed if tried again later."""
 

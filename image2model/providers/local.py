@@ -11,7 +11,7 @@ import threading
 import time
 
 from image2model.memory import release_free_memory
-from image2model.providers.base import ItemRun, ProviderOutput
+from image2model.providers.base import WAITING_FOR_CPU, ItemRun, ProviderOutput
 from image2model.providers.relief import generate_relief, load_image
 
 # What the item says when no object could be separated (mask_source "full_frame").
@@ -19,13 +19,14 @@ NOTHING_STOOD_OUT = ("Nothing stood out from the background, so the whole photo 
                      "For a model of the object, try a photo on a plainer background, or a cut-out PNG "
                      "with a transparent background.")
 
-CPU_SLOTS = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
+CPU_COUNT = max(1, os.cpu_count() or 1)
+CPU_SLOTS = threading.BoundedSemaphore(CPU_COUNT)
 MAX_INPUT_SIDE = 2048
 
 
 class LocalReliefProvider:
     def run(self, item: ItemRun) -> ProviderOutput:
-        item.progress(2, "Waiting for a free CPU core")
+        item.progress(2, WAITING_FOR_CPU)
         while not CPU_SLOTS.acquire(timeout=0.5):
             item.check_stop()
         try:

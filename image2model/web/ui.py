@@ -18,8 +18,9 @@ import gradio as gr
 
 from image2model.errors import AppError
 from image2model.examples import EXAMPLE_SETS, example_paths
-from image2model.media.images import browser_preview
+from image2model.media.images import UPLOAD_EXTENSIONS, browser_preview
 from image2model.providers.catalog import LOCAL_MODEL, ModelSpec, catalog
+from image2model.providers.local import CPU_COUNT
 from image2model.runtime import Runtime
 from image2model.web.ui_api import follow_job, register_api
 from image2model.web.ui_files import export_model, export_zip, uploads_from
@@ -41,6 +42,7 @@ from image2model.web.ui_state import SET_URL_JS, job_from_query, recent_choices,
 from image2model.web.ui_style import UI_CSS, UI_HEAD, UI_THEME
 from image2model.web.ui_view import (
     TABLE_HEADERS,
+    TABLE_WIDTHS,
     finished_items,
     friendly,
     model_file,
@@ -152,7 +154,8 @@ class Page:
     def _inputs(self) -> None:
         spec = catalog()[self.start_model]
         self.files = gr.File(label=f"Photos (1 to {self.settings.max_images})", file_count="multiple",
-                             file_types=["image"], type="filepath", elem_id="images", height=150)
+                             file_types=["image", *UPLOAD_EXTENSIONS], type="filepath", elem_id="images",
+                             height=150)
         self.thumbs = gr.Gallery(label="Your photos", show_label=False, columns=6, height=150, object_fit="contain",
                                  fit_columns=False, allow_preview=False, interactive=False, buttons=[],
                                  visible=False, elem_id="thumbs")
@@ -187,6 +190,7 @@ class Page:
     def _results(self) -> None:
         self.progress = gr.HTML(elem_id="progress")
         self.table = gr.Dataframe(headers=TABLE_HEADERS, datatype="str", interactive=False, wrap=True,
+                                  column_widths=TABLE_WIDTHS,
                                   label="Images", elem_id="items", max_height=320)
         self.viewer = gr.Model3D(label="3D model", elem_id="viewer", height=420, clear_color=(0.94, 0.95, 0.96, 1.0))
         self.result_pick = gr.Dropdown([], label="Show result", elem_id="result-pick", interactive=True)
@@ -335,7 +339,9 @@ class Page:
         return [job_id, note(""), kept, choices]
 
     def open_recent(self, job_id: str | None) -> list[Any]:
-        if not job_id or not self.job_exists(job_id):
+        if not job_id:  # the list was opened and closed without a choice
+            return [gr.skip(), gr.skip()]
+        if not self.job_exists(job_id):
             return [gr.skip(), note(NOT_FOUND)]
         return [job_id, note("")]
 
@@ -396,12 +402,21 @@ class Page:
 
     def refresh(self, status: dict[str, Any]) -> dict[Any, Any]:
         """What changes on every status: the bar, the table, whether Cancel makes sense."""
-        update = {self.progress: progress_html(status), self.table: table_rows(status),
+        update = {self.progress: progress_html(status), self.table: table_rows(status, *self.pace(status)),
                   self.cancel_btn: gr.update(interactive=not status["finished"]),
                   self.generate_btn: gr.update(interactive=status["finished"])}
         if status["finished"]:
             update[self.notice] = note("")  # "Cancelling..." or "still running" is out of date
         return update
+
+    def pace(self, status: dict[str, Any]) -> tuple[float | None, int]:
+        """(usual seconds per photo, photos run at once) for the queue estimate: the offline
+        model runs one photo per core, FAL ones one per worker thread."""
+        spec = catalog().get(status.get("model") or "")
+        if spec is None:
+            return None, 1
+        parallel = CPU_COUNT if spec.provider == "local" else self.settings.workers
+        return spec.typical_seconds, parallel
 
     def clear_results(self, job_id: str) -> dict[Any, Any]:
         """Another job: forget the last one's viewer, picks and downloads."""

@@ -26,9 +26,17 @@ SET_URL_JS = """
   const url = new URL(window.location.href);
   url.searchParams.set("job", jobId);
   window.history.replaceState(window.history.state, "", url);
-  if (window.i2mShownJob !== jobId && window.innerWidth < 800) {
-    const target = document.getElementById("progress") || document.getElementById("items");
-    if (target) { target.scrollIntoView({ behavior: "smooth", block: "start" }); }
+  if (window.i2mShownJob !== jobId) {
+    // a new job: bring its progress into view if it is not (on a phone it is below the
+    // form; on a laptop with Advanced settings open, Generate sits below the fold)
+    // (before its first update the progress box is empty and has no size: use the table)
+    const target = ["progress", "items"].map((id) => document.getElementById(id))
+      .find((el) => el && el.getBoundingClientRect().height > 0);
+    const box = target && target.getBoundingClientRect();
+    if (box && (box.top < 60 || box.top > window.innerHeight - 120)) {
+      const progress = document.getElementById("progress");
+      (progress && progress.offsetParent ? progress : target).scrollIntoView({ behavior: "smooth", block: "start" });
+    }
   }
   window.i2mShownJob = jobId;
 }

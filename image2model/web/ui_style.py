@@ -15,7 +15,9 @@ UI_CSS = """
 .i2m-notice { padding: 10px 14px; border-radius: 8px; font-size: 15px; }
 .i2m-error { background: #fdecec; color: #8a1c1c; border: 1px solid #f3b4b4; }
 .i2m-info { background: #eef5ff; color: #1d3f73; border: 1px solid #bcd4f6; }
-.i2m-job-id { margin: 0 0 6px 0; font-size: 13px; color: var(--body-text-color-subdued); word-break: break-all; }
+.i2m-job-title { margin: 0 0 6px 0; font-size: 17px; font-weight: 700; }
+.i2m-job-id { margin: 6px 0 0 0; font-size: 12px; color: var(--body-text-color-subdued); word-break: break-all; }
+.i2m-job-id summary { cursor: pointer; }
 .i2m-progress { height: 14px; border-radius: 7px; background: var(--neutral-200); overflow: hidden; }
 .i2m-progress-bar { height: 100%; background: var(--primary-500); transition: width 0.4s ease; }
 .i2m-job[data-state="failed"] .i2m-progress-bar { background: #d64545; }
@@ -24,11 +26,18 @@ UI_CSS = """
 .i2m-hint { margin: 4px 0 0 0; font-size: 13px; color: var(--body-text-color-subdued); }
 #items { overflow-x: auto; }
 #items th span { white-space: nowrap; }
+/* the table is read, not edited: the body font, and words that wrap whole */
+#items { --font-mono: var(--font); }
+#items th, #items td, #items th *, #items td * { font-family: var(--font) !important; word-break: normal;
+  overflow-wrap: break-word; }
 #thumbs .caption-label { font-size: 11px; padding: 0 4px; bottom: 2px; max-width: 92%; }
 #model input { text-overflow: ellipsis; padding-right: 28px; }
 @media (max-width: 640px) {
   .gradio-container { padding: 6px !important; }
   /* the viewer fits the model to its height; a tall, narrow canvas cuts off wide models */
   #viewer { height: 300px !important; }
+  #items th, #items td, #items th *, #items td * { font-size: 12px !important; }
+  #items th, #items td { padding: 6px 3px !important; }
+  #items th span { white-space: normal; overflow: visible !important; text-overflow: clip !important; }
 }
 """

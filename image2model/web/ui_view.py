@@ -11,10 +11,15 @@ import logging
 from typing import Any
 
 from image2model.errors import AppError
+from image2model.jobs.service import NO_WORKER_MESSAGE
+from image2model.providers.base import WAITING_FOR_CPU
 
 log = logging.getLogger(__name__)
 
-TABLE_HEADERS = ["Image", "State", "Progress", "Message", "Time"]
+TABLE_HEADERS = ["Image", "State", "%", "Message", "Time"]
+# Shares of the table's width: the message gets the most, and with wrapping every column
+# stays on a phone's screen (the fixed widths Gradio picks by itself cut off the last two).
+TABLE_WIDTHS = ["22%", "17%", "10%", "35%", "16%"]
 STATE_WORDS = {"queued": "Waiting", "running": "Working", "succeeded": "Done", "failed": "Failed",
                "cancelled": "Cancelled"}
 JOB_WORDS = {"queued": "Waiting for a worker", "running": "Working", "succeeded": "Finished",
@@ -53,12 +58,38 @@ def item_message(item: dict[str, Any]) -> str:
     return item.get("message") or ""
 
 
-def table_rows(status: dict[str, Any] | None) -> list[list[str]]:
+def is_waiting(item: dict[str, Any]) -> bool:
+    """Not started yet: in our queue, or taken by a worker that waits for a free core."""
+    return item["state"] == "queued" or (item["state"] == "running" and item.get("message") == WAITING_FOR_CPU)
+
+
+def ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def queue_words(position: int, typical: float | None, parallel: int) -> str:
+    """ "Queued: 3rd in line, about 4 s" (the estimate when the model's usual time is known)."""
+    words = "next in line" if position == 1 else f"{ordinal(position)} in line"
+    if typical:
+        words += f", starts in about {duration(max(1.0, -(-position // max(1, parallel)) * typical))}"
+    return words
+
+
+def table_rows(status: dict[str, Any] | None, typical: float | None = None, parallel: int = 1) -> list[list[str]]:
+    """Name, state, progress, message and time of each photo. Photos not started yet say
+    "Queued" with their place in line instead of a percentage and a running clock."""
     if not status:
         return []
-    return [[item["name"], STATE_WORDS.get(item["state"], item["state"]), f"{item['progress']:.0f}%",
-             item_message(item), duration(item.get("elapsed"))]
-            for item in status["items"]]
+    rows, waiting = [], 0
+    for item in status["items"]:
+        if is_waiting(item) and not status["finished"]:
+            waiting += 1
+            message = item_message(item) if item["message"] == NO_WORKER_MESSAGE else queue_words(waiting, typical, parallel)
+            rows.append([item["name"], "Queued", "", message, ""])
+            continue
+        rows.append([item["name"], STATE_WORDS.get(item["state"], item["state"]), f"{item['progress']:.0f}%",
+                     item_message(item), duration(item.get("elapsed"))])
+    return rows
 
 
 def progress_html(status: dict[str, Any] | None) -> str:
@@ -79,10 +110,12 @@ def progress_html(status: dict[str, Any] | None) -> str:
         '<p class="i2m-hint">You can close this page: the job keeps running, and this page\'s '
         "address (or Recent jobs) brings you back to it.</p>")
     return (f'<div class="i2m-job" data-state="{html.escape(status["state"])}">'
-            f'<p class="i2m-job-id">Job <code>{html.escape(status["job_id"])}</code></p>'
+            f'<p class="i2m-job-title">Your models</p>'
             f'<div class="i2m-progress" role="progressbar" aria-valuemin="0" aria-valuemax="100" '
             f'aria-valuenow="{percent:.0f}"><div class="i2m-progress-bar" style="width:{percent:.1f}%"></div></div>'
-            f'<p class="i2m-progress-text">{done_text}{html.escape(summary)}</p>{hint}</div>')
+            f'<p class="i2m-progress-text">{done_text}{html.escape(summary)}</p>{hint}'
+            f'<details class="i2m-job-id"><summary>Job number</summary><code>{html.escape(status["job_id"])}</code>'
+            f'<span> (for the API, or to tell whoever runs this site)</span></details></div>')
 
 
 def finished_items(status: dict[str, Any] | None) -> list[dict[str, Any]]:

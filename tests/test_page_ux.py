@@ -1,0 +1,154 @@
+"""The page as a new user meets it (issue 14): each point in Chromium, with screenshots at a
+laptop's 1280x800 and a phone's 390x844 in tests/artifacts/browser/ (ux-*.png)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from image2model.web.ui_view import table_rows
+from tests.rest_helpers import encode, picture
+from tests.test_browser import (  # noqa: F401 - open_page is a fixture
+    DUCK,
+    MUG,
+    SQLITE,
+    job_id_in_url,
+    open_page,
+    rows,
+    shot,
+    wait_for,
+    wait_states,
+)
+
+SIZES = {"laptop": (1280, 800), "phone": (390, 844)}
+
+
+def notice(page: Any) -> str:
+    box = page.locator("#notice")
+    return box.inner_text() if box.is_visible() else ""
+
+
+@SQLITE
+@pytest.mark.parametrize("device", sorted(SIZES))
+def test_photos_with_upper_case_extensions_and_heic_are_taken(
+        live_server_factory, open_page, tmp_path: Path, backend, device: str) -> None:  # noqa: ANN001, F811
+    """An iPhone's IMG_0001.HEIC (which Chromium gives no type) and a camera's DSC_0002.JPG."""
+    heic, jpg, tif = tmp_path / "IMG_0001.HEIC", tmp_path / "DSC_0002.JPG", tmp_path / "SCAN.TIF"
+    heic.write_bytes(encode(picture((400, 300), 1), "HEIF"))
+    jpg.write_bytes(encode(picture((400, 300), 2), "JPEG"))
+    tif.write_bytes(encode(picture((400, 300), 3), "TIFF"))
+    server = live_server_factory(fal_key="")
+    page = open_page(server, width=SIZES[device][0], height=SIZES[device][1])
+    page.set_input_files("#images input[type=file]", [str(heic), str(jpg), str(tif)])
+    wait_for(page, lambda: page.locator("#thumbs img").count() == 3, 15, "three thumbnails")
+    names = page.locator("#thumbs").inner_text()
+    assert "IMG_0001.HEIC" in names and "DSC_0002.JPG" in names and "SCAN.TIF" in names
+    assert "Invalid file type" not in page.content()
+    shot(page, f"ux-01-heic-upper-case-{device}")
+    page.click("#generate")
+    table = wait_states(page, {"Done"}, 3, timeout=60)
+    assert sorted(r[0] for r in table) == ["DSC_0002.JPG", "IMG_0001.HEIC", "SCAN.TIF"]
+
+
+@SQLITE
+def test_recent_jobs_opened_and_closed_without_a_choice_say_nothing(
+        live_server_factory, open_page, backend) -> None:  # noqa: ANN001, F811
+    server = live_server_factory(fal_key="")
+    page = open_page(server)
+    page.set_input_files("#images input[type=file]", [DUCK])
+    wait_for(page, lambda: page.locator("#thumbs img").count() == 1, 15, "a thumbnail")
+    page.click("#generate")
+    wait_states(page, {"Done"}, 1)
+    page.reload()
+    page.wait_for_selector("#generate")
+    page.click("#recent-jobs")
+    for device, (width, height) in SIZES.items():
+        page.set_viewport_size({"width": width, "height": height})
+        page.click("#recent-pick input")
+        wait_for(page, lambda: page.locator("ul.option-list li").count() >= 1, 10, "the recent jobs list")
+        page.keyboard.press("Escape")  # closed without choosing
+        page.click("#intro")  # and a click elsewhere, the other way people close it
+        page.wait_for_timeout(800)
+        shot(page, f"ux-05-recent-closed-{device}")
+        assert "not found" not in notice(page), notice(page)
+
+
+@SQLITE
+@pytest.mark.parametrize("device", sorted(SIZES))
+def test_generate_brings_the_progress_into_view(live_server_factory, open_page, backend, device: str) -> None:  # noqa: ANN001, F811
+    server = live_server_factory(fal_key="")
+    page = open_page(server, width=SIZES[device][0], height=SIZES[device][1])
+    page.set_input_files("#images input[type=file]", [DUCK])
+    wait_for(page, lambda: page.locator("#thumbs img").count() == 1, 15, "a thumbnail")
+    page.click("#advanced")  # the offline model's six settings push Generate down
+    page.get_by_label("shape").first.wait_for()
+    page.locator("#generate").scroll_into_view_if_needed()
+    page.click("#generate")
+    job_id_in_url(page)
+
+    def in_view() -> bool:
+        box = page.locator("#progress").bounding_box()
+        return bool(box) and -2 <= box["y"] <= SIZES[device][1] - 60  # scrolled to its top, give or take
+    wait_for(page, in_view, 5, "the progress to come into view")
+    shot(page, f"ux-07-progress-in-view-{device}")
+
+
+@SQLITE
+@pytest.mark.parametrize("device", sorted(SIZES))
+def test_waiting_photos_say_queued_with_their_place_not_working(
+        fake_fal, live_server_factory, open_page, backend, device: str) -> None:  # noqa: ANN001, F811
+    fake_fal.set_latency(0.0, 3.0)
+    server = live_server_factory(workers=1)  # one photo at a time: the others wait in line
+    page = open_page(server, width=SIZES[device][0], height=SIZES[device][1])
+    page.set_input_files("#images input[type=file]", [DUCK, MUG, DUCK.replace("duck", "vase")])
+    wait_for(page, lambda: page.locator("#thumbs img").count() == 3, 15, "three thumbnails")
+    page.click("#generate")
+
+    def one_working() -> list[list[str]] | None:
+        table = rows(page)
+        return table if len(table) == 3 and table[0][1] == "Working" else None
+    table = wait_for(page, one_working, 20, "the first photo to start")
+    shot(page, f"ux-06-queued-{device}")
+    assert [r[1] for r in table[1:]] == ["Queued", "Queued"]
+    assert table[1][3].startswith("next in line") and table[2][3].startswith("2nd in line")
+    assert "starts in about" in table[2][3]
+    assert [r[2] for r in table[1:]] == ["", ""] and [r[4] for r in table[1:]] == ["", ""]  # no % and no clock
+    # every column is on the screen, also on a phone (Message and Time were cut off)
+    edges = page.evaluate("() => Array.from(document.querySelectorAll('#items th')).map(th => th.getBoundingClientRect().right)")
+    assert len(edges) == 5 and max(edges) <= SIZES[device][0], edges
+    wait_states(page, {"Done"}, 3, timeout=60)
+
+
+@SQLITE
+def test_the_job_is_headed_in_words_not_by_its_id(live_server_factory, open_page, backend) -> None:  # noqa: ANN001, F811
+    server = live_server_factory(fal_key="")
+    page = open_page(server)
+    page.set_input_files("#images input[type=file]", [DUCK])
+    wait_for(page, lambda: page.locator("#thumbs img").count() == 1, 15, "a thumbnail")
+    page.click("#generate")
+    job_id = job_id_in_url(page)
+    wait_states(page, {"Done"}, 1)
+    progress = page.locator("#progress")
+    assert progress.inner_text().startswith("Your models")
+    assert job_id not in progress.inner_text()  # folded away ...
+    page.click("#progress summary")
+    assert job_id in progress.inner_text()  # ... and there for whoever needs it
+    for device, (width, height) in SIZES.items():
+        page.set_viewport_size({"width": width, "height": height})
+        shot(page, f"ux-10-job-heading-{device}")
+
+
+def test_the_queue_estimate_counts_places_per_core() -> None:
+    """Unit level: positions count only waiting photos; the estimate is whole rounds of the
+    photos that run at once times the usual time; a finished job shows no queue."""
+    items = [{"name": f"p{n}.png", "state": state, "progress": 0.0, "message": message, "elapsed": 3.0}
+             for n, (state, message) in enumerate([("running", "Running"), ("running", "Waiting for a free CPU core"),
+                                                   ("queued", "Waiting for a worker"), ("queued", "Waiting for a worker")])]
+    status = {"finished": False, "items": items}
+    table = table_rows(status, typical=2.0, parallel=2)
+    assert [r[1] for r in table] == ["Working", "Queued", "Queued", "Queued"]
+    assert [r[3] for r in table[1:]] == ["next in line, starts in about 2.0 s", "2nd in line, starts in about 2.0 s",
+                                         "3rd in line, starts in about 4.0 s"]
+    assert table_rows({**status, "finished": True})[1][1] == "Working"
