@@ -156,13 +156,17 @@ def test_the_original_frontend_follows_a_job_to_its_files(browser, frontend, liv
     assert currents == sorted(currents) and seen["completed"]["progress"] == 100
     assert any(0 < p["progress"] < 100 for p in seen["progress"]), seen["progress"]
     assert all(p["message"] for p in seen["progress"])
-    # per-file progress, by name: each file went from waiting through working to done
+    # per-file progress, by name: each file went from waiting to done, and working was seen
+    # (for at least one: the offline model can make a small photo between two stream events)
+    working = []
     for index, name in enumerate(("chair.png", "table.png")):
         updates = [u for u in seen["files"] if u["index"] == index]
         assert {u["name"] for u in updates} == {name}
         statuses = [u["status"] for u in updates]
         assert statuses[0] in ("pending", "processing") and statuses[-1] == "completed", statuses
-        assert "processing" in statuses and updates[-1]["progress"] == 100
+        assert updates[-1]["progress"] == 100
+        working.append("processing" in statuses)
+    assert any(working), seen["files"]
     assert any(u["status"] == "processing" and 0 < u["progress"] < 100 for u in seen["files"]), seen["files"]
     # the results, listed and downloaded as the frontend does
     # each model, then the offline model's cut-out preview ("what the model saw")

@@ -31,22 +31,22 @@ def notice(page: Any) -> str:
 
 
 @SQLITE
-@pytest.mark.parametrize("device", sorted(SIZES))
 def test_photos_with_upper_case_extensions_and_heic_are_taken(
-        live_server_factory, open_page, tmp_path: Path, backend, device: str) -> None:  # noqa: ANN001, F811
+        live_server_factory, open_page, tmp_path: Path, backend) -> None:  # noqa: ANN001, F811
     """An iPhone's IMG_0001.HEIC (which Chromium gives no type) and a camera's DSC_0002.JPG."""
     heic, jpg, tif = tmp_path / "IMG_0001.HEIC", tmp_path / "DSC_0002.JPG", tmp_path / "SCAN.TIF"
     heic.write_bytes(encode(picture((400, 300), 1), "HEIF"))
     jpg.write_bytes(encode(picture((400, 300), 2), "JPEG"))
     tif.write_bytes(encode(picture((400, 300), 3), "TIFF"))
     server = live_server_factory(fal_key="")
-    page = open_page(server, width=SIZES[device][0], height=SIZES[device][1])
-    page.set_input_files("#images input[type=file]", [str(heic), str(jpg), str(tif)])
-    wait_for(page, lambda: page.locator("#thumbs img").count() == 3, 15, "three thumbnails")
-    names = page.locator("#thumbs").inner_text()
-    assert "IMG_0001.HEIC" in names and "DSC_0002.JPG" in names and "SCAN.TIF" in names
-    assert "Invalid file type" not in page.content()
-    shot(page, f"ux-01-heic-upper-case-{device}")
+    for device, (width, height) in SIZES.items():
+        page = open_page(server, width=width, height=height)
+        page.set_input_files("#images input[type=file]", [str(heic), str(jpg), str(tif)])
+        wait_for(page, lambda: page.locator("#thumbs img").count() == 3, 15, "three thumbnails")
+        names = page.locator("#thumbs").inner_text()
+        assert "IMG_0001.HEIC" in names and "DSC_0002.JPG" in names and "SCAN.TIF" in names
+        assert "Invalid file type" not in page.content()
+        shot(page, f"ux-01-heic-upper-case-{device}")
     page.click("#generate")
     table = wait_states(page, {"Done"}, 3, timeout=60)
     assert sorted(r[0] for r in table) == ["DSC_0002.JPG", "IMG_0001.HEIC", "SCAN.TIF"]
@@ -76,23 +76,23 @@ def test_recent_jobs_opened_and_closed_without_a_choice_say_nothing(
 
 
 @SQLITE
-@pytest.mark.parametrize("device", sorted(SIZES))
-def test_generate_brings_the_progress_into_view(live_server_factory, open_page, backend, device: str) -> None:  # noqa: ANN001, F811
+def test_generate_brings_the_progress_into_view(live_server_factory, open_page, backend) -> None:  # noqa: ANN001, F811
     server = live_server_factory(fal_key="")
-    page = open_page(server, width=SIZES[device][0], height=SIZES[device][1])
-    page.set_input_files("#images input[type=file]", [DUCK])
-    wait_for(page, lambda: page.locator("#thumbs img").count() == 1, 15, "a thumbnail")
-    page.click("#advanced")  # the offline model's six settings push Generate down
-    page.get_by_label("shape").first.wait_for()
-    page.locator("#generate").scroll_into_view_if_needed()
-    page.click("#generate")
-    job_id_in_url(page)
+    for device, (width, height) in SIZES.items():
+        page = open_page(server, width=width, height=height)
+        page.set_input_files("#images input[type=file]", [DUCK])
+        wait_for(page, lambda: page.locator("#thumbs img").count() == 1, 15, "a thumbnail")
+        page.click("#advanced")  # the offline model's six settings push Generate down
+        page.get_by_label("shape").first.wait_for()
+        page.locator("#generate").scroll_into_view_if_needed()
+        page.click("#generate")
+        job_id_in_url(page)
 
-    def in_view() -> bool:
-        box = page.locator("#progress").bounding_box()
-        return bool(box) and -2 <= box["y"] <= SIZES[device][1] - 60  # scrolled to its top, give or take
-    wait_for(page, in_view, 5, "the progress to come into view")
-    shot(page, f"ux-07-progress-in-view-{device}")
+        def in_view() -> bool:
+            box = page.locator("#progress").bounding_box()
+            return bool(box) and -2 <= box["y"] <= height - 60  # scrolled to its top, give or take
+        wait_for(page, in_view, 5, f"the progress to come into view ({device})")
+        shot(page, f"ux-07-progress-in-view-{device}")
 
 
 @SQLITE
@@ -109,7 +109,7 @@ def test_waiting_photos_say_queued_with_their_place_not_working(
     def one_working() -> list[list[str]] | None:
         table = rows(page)
         return table if len(table) == 3 and table[0][1] == "Working" else None
-    table = wait_for(page, one_working, 20, "the first photo to start")
+    table = wait_for(page, one_working, 45, "the first photo to start")
     shot(page, f"ux-06-queued-{device}")
     assert [r[1] for r in table[1:]] == ["Queued", "Queued"]
     assert table[1][3].startswith("next in line") and table[2][3].startswith("2nd in line")
@@ -152,3 +152,30 @@ def test_the_queue_estimate_counts_places_per_core() -> None:
     assert [r[3] for r in table[1:]] == ["next in line, starts in about 2.0 s", "2nd in line, starts in about 2.0 s",
                                          "3rd in line, starts in about 4.0 s"]
     assert table_rows({**status, "finished": True})[1][1] == "Working"
+
+
+@SQLITE
+def test_zip_and_other_formats_download_in_one_click(
+        live_server_factory, open_page, tmp_path: Path, backend) -> None:  # noqa: ANN001, F811
+    import zipfile
+
+    from tests.test_browser import choose, download
+
+    server = live_server_factory(fal_key="")
+    for device, (width, height) in SIZES.items():
+        page = open_page(server, width=width, height=height)
+        if device == "laptop":
+            page.set_input_files("#images input[type=file]", [DUCK, MUG])
+            wait_for(page, lambda: page.locator("#thumbs img").count() == 2, 15, "two thumbnails")
+            page.click("#generate")
+            job = job_id_in_url(page)
+        else:  # the same job, opened on a phone
+            page.goto(f"{server.url}/?job={job}")
+        wait_states(page, {"Done"}, 2, timeout=60)
+        archive = download(page, "#download-zip", tmp_path / f"all-{device}.zip")  # one click, no second link
+        assert {"duck.glb", "mug.glb"} <= set(zipfile.ZipFile(archive).namelist())
+        choose(page, "format", "PLY")
+        ply = download(page, "#convert", tmp_path / f"model-{device}.ply")
+        assert ply.read_bytes().startswith(b"ply")
+        assert page.locator("#export").is_hidden()  # no "Your download" row left behind
+        shot(page, f"ux-02-one-click-downloads-{device}")

@@ -59,6 +59,11 @@ __all__ = ["UI_CSS", "UI_HEAD", "UI_THEME", "build_ui"]
 WATCH_EVERY = 0.75  # seconds between refreshes of elapsed times while nothing else changes
 NOT_FOUND = "That job was not found; it may have expired."
 SEEN_LABEL = "What the model saw"
+# Clicks the hidden download button once its file is there (nothing when making it failed).
+DOWNLOAD_NOW_JS = """() => {
+  const button = document.getElementById("export");
+  if (button) { button.click(); }
+}"""
 SEEN_NOTE = "\n\nOn the left, **what the model saw**: your photo with the background taken away."
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
@@ -205,8 +210,10 @@ class Page:
         with gr.Row(equal_height=True):
             self.fmt = gr.Dropdown([("OBJ (zipped with its texture)", "obj"), ("STL", "stl"), ("PLY", "ply")],
                                    value="obj", label="Other format", elem_id="format", scale=2)
-            self.convert_btn = gr.Button("Convert", elem_id="convert", interactive=False, scale=1)
-        self.export_file = gr.File(label="Your download", elem_id="export", visible=False, interactive=False)
+            self.convert_btn = gr.Button("Download in this format", elem_id="convert", interactive=False, scale=1)
+        # ZIP and other formats are made when asked for, then handed to this hidden button,
+        # which the page clicks at once: one click downloads, as the GLB button does
+        self.export_file = gr.DownloadButton(elem_id="export", visible="hidden")
         with gr.Accordion("Recent jobs", open=False, elem_id="recent-jobs"):
             self.recent_pick = gr.Dropdown([], label="Open a recent job", elem_id="recent-pick",
                                            info="Kept in this browser.")
@@ -241,9 +248,10 @@ class Page:
                                [self.viewer, self.stats, self.seen, self.glb_btn, self.notice, self.view_state],
                                concurrency_limit=None, **PRIVATE)
         self.convert_btn.click(self.export, [self.job_box, self.result_pick, self.fmt],
-                               [self.export_file, self.notice], concurrency_limit=2, **PRIVATE)
+                               [self.export_file, self.notice], concurrency_limit=2, **PRIVATE).success(
+            None, None, None, js=DOWNLOAD_NOW_JS, **PRIVATE)
         self.zip_btn.click(self.export_all, [self.job_box], [self.export_file, self.notice], concurrency_limit=2,
-                           **PRIVATE)
+                           **PRIVATE).success(None, None, None, js=DOWNLOAD_NOW_JS, **PRIVATE)
 
     def _watch_chosen_job(self) -> None:
         """When the job box changes: put the job in the URL, then follow it. Following hangs off
@@ -422,7 +430,7 @@ class Page:
         """Another job: forget the last one's viewer, picks and downloads."""
         return {self.viewer: None, self.stats: "", self.seen: gr.update(value=None, visible=False),
                 self.glb_btn: gr.update(value=None, interactive=False),
-                self.export_file: gr.update(value=None, visible=False),
+                self.export_file: None,
                 self.view_state: {"job": job_id, "index": None}}
 
     def show_item(self, job_id: str, item: dict[str, Any]) -> dict[Any, Any]:
@@ -465,12 +473,12 @@ class Page:
                 raise AppError("file_not_found", "Pick a finished model first.", 404)
             path = export_model(self.service, self.runtime.files, job_id, int(index), chosen_fmt)
         except Exception as exc:  # noqa: BLE001
-            return {self.notice: note(friendly(exc))}
-        return {self.export_file: gr.update(value=str(path), visible=True), self.notice: note("")}
+            return {self.export_file: None, self.notice: note(friendly(exc))}
+        return {self.export_file: str(path), self.notice: note("")}
 
     def export_all(self, job_id: str) -> dict[Any, Any]:
         try:
             path = export_zip(self.service, self.runtime.files, job_id)
         except Exception as exc:  # noqa: BLE001
-            return {self.notice: note(friendly(exc))}
-        return {self.export_file: gr.update(value=str(path), visible=True), self.notice: note("")}
+            return {self.export_file: None, self.notice: note(friendly(exc))}
+        return {self.export_file: str(path), self.notice: note("")}
