@@ -93,6 +93,7 @@ def test_generate_brings_the_progress_into_view(live_server_factory, open_page, 
             return bool(box) and -2 <= box["y"] <= height - 60  # scrolled to its top, give or take
         wait_for(page, in_view, 5, f"the progress to come into view ({device})")
         shot(page, f"ux-07-progress-in-view-{device}")
+        assert in_view(), f"the progress scrolled out of view again ({device})"
 
 
 @SQLITE

@@ -158,7 +158,7 @@ def _clean(mask: np.ndarray) -> np.ndarray:
 
 def keep_object(mask: np.ndarray) -> np.ndarray:
     """Fill holes and keep the largest piece (object and background both 4-connected)."""
-    mask = fill_holes(mask)
+    mask = ndimage.binary_fill_holes(mask)
     labels, count = ndimage.label(mask)
     if count <= 1:
         return mask
@@ -166,13 +166,3 @@ def keep_object(mask: np.ndarray) -> np.ndarray:
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
 
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """The mask with every hole filled: background not 4-connected to the frame's edge.
-
-    As scipy's binary_fill_holes, but by labelling the background once instead of
-    dilating from the edge until nothing changes (ten times faster on a 640-pixel mask).
-    """
-    labels, _ = ndimage.label(~mask)
-    outside = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    return ~np.isin(labels, outside[outside > 0])
