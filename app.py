@@ -52,7 +52,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         admin = mount_admin(app, runtime)
         quiet_gradio_queue(admin)
         check_file_paths(admin)
-    blocks = build_ui(runtime)
+    blocks = build_ui(runtime, app.state.rest_api.security)
     quiet_gradio_queue(blocks)
     gr.mount_gradio_app(
         app, blocks, path="/",

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # Limits on a submission.
     max_images: int = Field(default=25, ge=1, le=1000)
     max_image_mb: float = Field(default=20.0, gt=0)
+    # New jobs are refused while this many photos already wait for a worker (0: no limit), so
+    # one visitor cannot queue hours of work ahead of everyone; rate_limit_upload bounds each visitor.
+    max_waiting_images: int = Field(default=200, ge=0)
     max_image_pixels: int = Field(default=50_000_000, ge=1)  # decompression-bomb guard
     fal_max_side: int = Field(default=2048, ge=64)  # larger images are downscaled before upload
     max_result_mb: float = Field(default=200.0, gt=0)

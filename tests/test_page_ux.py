@@ -180,3 +180,84 @@ def test_zip_and_other_formats_download_in_one_click(
         assert ply.read_bytes().startswith(b"ply")
         assert page.locator("#export").is_hidden()  # no "Your download" row left behind
         shot(page, f"ux-02-one-click-downloads-{device}")
+
+
+@SQLITE
+def test_the_model_picker_names_each_model_once_and_a_fixed_mode_looks_fixed(
+        live_server_factory, open_page, backend) -> None:  # noqa: ANN001, F811
+    """Point 10: the picker showed "name — description", cut off, with the description again
+    below it; the "several views" choice the offline model cannot make looked clickable."""
+    from image2model.providers.catalog import catalog
+
+    server = live_server_factory(fal_key="")
+    for device, (width, height) in SIZES.items():
+        page = open_page(server, width=width, height=height)
+        field = page.locator("#model input")
+        shown = field.input_value()
+        assert shown == catalog()["local/relief"].label, shown
+        assert page.evaluate("(el) => el.scrollWidth <= el.clientWidth", field.element_handle()), "name cut off"
+        assert catalog()["local/relief"].description in page.locator("#model-info").inner_text()
+
+        def opacity(text: str) -> float:
+            label = page.locator("#mode label", has_text=text)
+            assert label.locator("input").is_disabled()
+            return float(label.evaluate("(el) => getComputedStyle(el).opacity"))
+        assert opacity("several views") < 0.6 <= opacity("One model per image")
+        shot(page, f"ux-10-model-and-mode-{device}")
+
+
+def test_settings_help_is_in_plain_words() -> None:
+    """Point 10: the advanced settings' labels and help avoid the jargon they had."""
+    from image2model.providers.catalog import catalog
+    from image2model.web.ui_form import param_label
+
+    jargon = ("diffusion", "octree", "sampling", "mesh grid", "physically based", "polygon", "pbr-ready",
+              "grid cells", "simplifying", "pbr texture")
+    for spec in catalog().values():
+        words = [spec.description] + [f"{param_label(p)}: {p.help}" for p in spec.params]
+        for text in words:
+            assert not [w for w in jargon if w in text.lower()], (spec.id, text)
+        assert not [p.name for p in spec.params if "PBR" in param_label(p)], spec.id
+
+
+@SQLITE
+def test_one_visitor_cannot_start_jobs_without_end(live_server_factory, open_page, backend) -> None:  # noqa: ANN001, F811
+    """Point 11: the page counts a visitor's job starts in the REST upload's budget (here 2 a
+    minute); a refused start says why in words and creates nothing. A mistake is not counted."""
+    server = live_server_factory(fal_key="", rate_limit_upload="2/minute")
+    page = open_page(server)
+    page.click("#generate")  # no photos: a mistake, said next to the box, not counted
+    for round_ in range(2):
+        page.set_input_files("#images input[type=file]", [DUCK])
+        wait_for(page, lambda: page.locator("#thumbs img").count() == 1, 15, "a thumbnail")
+        page.click("#generate")
+        wait_for(page, lambda: len(server.runtime.store.all_job_ids()) == round_ + 1, 15, f"job {round_ + 1}")
+        wait_states(page, {"Done"}, 1)
+    for device, (width, height) in SIZES.items():
+        page.set_viewport_size({"width": width, "height": height})
+        page.click("#generate")
+        wait_for(page, lambda: "as many jobs as this site takes" in notice(page), 10, "the refusal")
+        assert "try again in" in notice(page)
+        shot(page, f"ux-11-rate-limited-{device}")
+    assert len(server.runtime.store.all_job_ids()) == 2
+
+
+@SQLITE
+def test_a_full_queue_refuses_new_jobs_in_words(live_server_factory, open_page, backend) -> None:  # noqa: ANN001, F811
+    """Point 11: with max_waiting_images photos waiting (no worker here, so they stay), a new
+    job is refused with the count and what would still fit."""
+    server = live_server_factory(fal_key="", embedded_worker=False, max_waiting_images=3)
+    first = open_page(server)
+    first.set_input_files("#images input[type=file]", [DUCK, MUG])
+    wait_for(first, lambda: first.locator("#thumbs img").count() == 2, 15, "two thumbnails")
+    first.click("#generate")
+    job_id_in_url(first)
+    for device, (width, height) in SIZES.items():
+        page = open_page(server, width=width, height=height)  # another visitor
+        page.set_input_files("#images input[type=file]", [DUCK, MUG])
+        wait_for(page, lambda: page.locator("#thumbs img").count() == 2, 15, "two thumbnails")
+        page.click("#generate")
+        wait_for(page, lambda: "busy" in notice(page), 10, f"the busy notice, not {notice(page)!r} ({server.runtime.store.queued_count()} waiting)")
+        assert "2 photos are already waiting" in notice(page) and "Up to 1 photo would fit now" in notice(page)
+        shot(page, f"ux-11-queue-full-{device}")
+    assert len(server.runtime.store.all_job_ids()) == 1

@@ -177,6 +177,23 @@ def test_spending_guard_is_a_429_with_its_message(live_server_factory) -> None: 
     assert_nothing_queued(server.runtime)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"], indirect=False)
+def test_a_full_queue_is_a_503_that_says_what_still_fits(live_server_factory, backend) -> None:  # noqa: ANN001, F811
+    """No worker runs here, so what is queued stays queued: 2 of 3 places taken, 2 more photos
+    do not fit, 1 does; the refused upload leaves nothing behind."""
+    server = live_server_factory(fal_key="", embedded_worker=False, max_waiting_images=3, **OPEN_LIMITS)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        first = post_images(client, [("a.png", png(1)), ("b.png", png(2))])
+        assert first.status_code == 202, first.text
+        refused = post_images(client, [("c.png", png(3)), ("d.png", png(4))])
+        body = assert_error(refused, 503, "queue_full", "2 photos are already waiting", "Up to 1 photo would fit")
+        assert body["details"] == {"waiting": 2, "limit": 3}
+        assert server.runtime.store.all_job_ids() == [first.json()["job_id"]]
+        assert post_images(client, [("e.png", png(5))]).status_code == 202
+        assert_error(post_images(client, [("f.png", png(6))]), 503, "queue_full", "3 photos are already waiting")
+    assert server.runtime.store.queued_count() == 3
+
+
 def test_model_catalog_with_json_schema_per_model(client) -> None:  # noqa: ANN001
     response = client.get("/api/v1/models")
     assert response.status_code == 200

@@ -171,6 +171,26 @@ def test_mistakes_get_plain_errors_and_create_nothing(
     assert server.runtime.files.job_ids() == [], "a refused request left a job behind"
 
 
+@BOTH
+def test_generate_counts_each_visitors_jobs_in_the_rest_upload_budget(
+        live_server_factory, client_for, backend) -> None:  # noqa: ANN001
+    """2 job starts a minute here: a mistake is not counted, two jobs are made, the third
+    /generate is refused in words, and the REST upload from the same address shares that
+    budget (in Redis mode the count lives in Redis, for every process)."""
+    server = live_server_factory(fal_key="", rate_limit_upload="2/minute")
+    client = client_for(server)
+    with pytest.raises(AppError, match="Unknown model"):
+        client.predict([handle_file(examples("duck")[0])], "no/such-model", "", {}, api_name="/generate")
+    for _ in range(2):
+        status, _files = client.predict([handle_file(examples("duck")[0])], "", "", {}, api_name="/generate")
+        assert status["state"] == "succeeded"
+    with pytest.raises(AppError, match="as many jobs as this site takes from one visitor"):
+        client.predict([handle_file(examples("duck")[0])], "", "", {}, api_name="/generate")
+    assert len(server.runtime.store.all_job_ids()) == 2
+    rest = httpx.post(server.url + "/api/v1/upload/", files=[("files", ("duck.png", b"x", "image/png"))])
+    assert rest.status_code == 429 and rest.json()["error"]["code"] == "rate_limited"
+
+
 @SQLITE
 def test_an_oversized_image_is_refused_in_words(
         live_server_factory, client_for, tmp_path, backend) -> None:  # noqa: ANN001

@@ -255,6 +255,9 @@ class RedisJobStore(JobStore):
     def queued_items(self) -> list[tuple[str, Item]]:
         return self._items_in(QUEUED, ItemState.QUEUED)
 
+    def queued_count(self) -> int:
+        return int(self.redis.scard(QUEUED))  # an expired job's members linger until queued_items drops them
+
     def _items_in(self, index_key: str, state: ItemState) -> list[tuple[str, Item]]:
         found: list[tuple[str, Item]] = []
         for member in self.redis.smembers(index_key):

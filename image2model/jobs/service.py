@@ -84,6 +84,7 @@ class JobService:
     def _create_job(self, uploads: Sequence[Upload], model: str | None, mode: str | None,
                     params: dict[str, Any] | None, owner: str, fal_key: str | None) -> Job:
         self._check_count(len(uploads))
+        self._check_queue(len(uploads))
         own_key = check_fal_key(fal_key)
         spec = self.model_spec(model, own_key=bool(own_key))
         if spec.provider != "fal":
@@ -205,6 +206,18 @@ class JobService:
         """Refuse new work before the disk is full, so running items can still save theirs."""
         if self.files.free_mb() < self.settings.min_free_disk_mb:
             raise disk_full_error()
+
+    def _check_queue(self, count: int) -> None:
+        limit = self.settings.max_waiting_images
+        if not limit:
+            return
+        waiting = self.store.queued_count()
+        if waiting + count > limit:
+            room = max(0, limit - waiting)
+            more = f" Up to {room} photo{'s' if room != 1 else ''} would fit now." if room else ""
+            raise AppError("queue_full", f"This server is busy: {waiting} photos are already waiting their turn "
+                           f"(the limit is {limit}).{more} Please try again in a few minutes.", 503,
+                           {"waiting": waiting, "limit": limit})
 
     def _reserve_spending(self, count: int) -> None:
         limit = self.settings.fal_images_per_hour

@@ -230,6 +230,9 @@ class SqliteJobStore(JobStore):
         rows = self._conn.execute("SELECT job_id, data FROM items WHERE state = ?", ("queued",)).fetchall()
         return [(job_id, Item.from_dict(json.loads(data))) for job_id, data in rows]
 
+    def queued_count(self) -> int:
+        return self._conn.execute("SELECT COUNT(*) FROM items WHERE state = ?", ("queued",)).fetchone()[0]
+
     def mark_alive(self, process: str, now: float, ttl: float, info: dict[str, Any]) -> None:
         def upsert(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM workers WHERE until < ?", (now - 3600,))

@@ -107,6 +107,10 @@ class JobStore(ABC):
     def queued_items(self) -> list[tuple[str, Item]]:
         """Items waiting for a worker; the reaper checks each has a queue task."""
 
+    @abstractmethod
+    def queued_count(self) -> int:
+        """How many items wait for a worker, counted without reading them (every job start asks)."""
+
     # --- worker processes' liveness ------------------------------------------------------
     @abstractmethod
     def mark_alive(self, process: str, now: float, ttl: float, info: dict[str, Any]) -> None:

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 ERROR_TEXT = {400: "Bad input", 401: "Missing or invalid API key", 404: "No such job or file",
               413: "Too large", 415: "Not an accepted image type", 416: "Range not satisfiable",
               422: "Invalid parameter or field", 429: "Rate or spending limit reached",
-              503: "A dependency is unavailable", 507: "The server's disk is full; nothing was stored"}
+              503: "A dependency is unavailable, or too many photos wait already (queue_full)", 507: "The server's disk is full; nothing was stored"}
 MODEL_TYPES = ("model/gltf-binary", "image/webp", "image/png", "image/jpeg", "model/stl", "application/x-ply",
                "application/zip", "application/octet-stream")
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

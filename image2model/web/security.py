@@ -52,6 +52,8 @@ OWNER_ID_LENGTH = 16
 bearer = HTTPBearer(auto_error=False, description="One of the keys in API_KEYS.")
 key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                           description="One of the keys in API_KEYS (the same as a Bearer key).")
+START_REFUSAL = ("You have started as many jobs as this site takes from one visitor for now; please try again "
+                 "in {wait} s.")
 KEY_HELP = "send the header 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
 
 
@@ -98,14 +100,18 @@ class ClientAddress:
             return False
         return any(ip in net for net in self.networks)
 
-    def __call__(self, request: Request) -> str:
+    def __call__(self, request: Request | Any) -> str:
         """The first untrusted hop, reading X-Forwarded-For right to left, when the direct
-        peer is a trusted proxy; otherwise the direct peer."""
-        peer = request.client.host if request.client else "unknown"
+        peer is a trusted proxy; otherwise the direct peer. Takes a Starlette request or a
+        gr.Request (whose headers may be a plain dict)."""
+        client = getattr(request, "client", None)
+        peer = getattr(client, "host", None) or "unknown"
         if not self.networks or not self.trusted(peer):
             return peer
-        hops = [h.strip() for value in request.headers.getlist("x-forwarded-for")
-                for h in value.split(",") if h.strip()]
+        headers = getattr(request, "headers", None) or {}
+        values = headers.getlist("x-forwarded-for") if hasattr(headers, "getlist") \
+            else [headers.get("x-forwarded-for") or ""]
+        hops = [h.strip() for value in values for h in value.split(",") if h.strip()]
         for hop in reversed(hops):
             if not self.trusted(hop):
                 return hop[:64]
@@ -160,9 +166,10 @@ class RateLimiter:
             self._fallback = MovingWindowRateLimiter(MemoryStorage())
         return self._main, self._fallback
 
-    async def hit(self, group: str, identity: str) -> Verdict | None:
-        """Count one request against every limit of the group; the tightest verdict."""
-        verdicts = [await self._hit_one(item, group, identity) for item in self.groups.get(group, [])]
+    async def hit(self, group: str, identity: str, *, count: bool = True) -> Verdict | None:
+        """Count one request against every limit of the group; the tightest verdict. With
+        count=False, only whether one more would be allowed (nothing is counted)."""
+        verdicts = [await self._hit_one(item, group, identity, count) for item in self.groups.get(group, [])]
         if not verdicts:
             return None
         refused = [v for v in verdicts if not v.allowed]
@@ -170,20 +177,20 @@ class RateLimiter:
             return max(refused, key=lambda v: v.reset)
         return min(verdicts, key=lambda v: v.remaining)
 
-    async def _hit_one(self, item: RateLimitItem, group: str, identity: str) -> Verdict:
+    async def _hit_one(self, item: RateLimitItem, group: str, identity: str, count: bool) -> Verdict:
         main, fallback = self._strategies()
         try:
-            return await self._verdict(main, item, group, identity)
+            return await self._verdict(main, item, group, identity, count)
         except StorageError:
             if time.monotonic() - self._warned_at > 60:
                 self._warned_at = time.monotonic()
                 log.warning("rate-limit storage unreachable; counting in this process only for now")
-            return await self._verdict(fallback, item, group, identity)
+            return await self._verdict(fallback, item, group, identity, count)
 
     @staticmethod
     async def _verdict(strategy: MovingWindowRateLimiter, item: RateLimitItem, group: str,
-                       identity: str) -> Verdict:
-        allowed = await strategy.hit(item, group, identity)
+                       identity: str, count: bool) -> Verdict:
+        allowed = await (strategy.hit if count else strategy.test)(item, group, identity)
         stats = await strategy.get_window_stats(item, group, identity)
         return Verdict(allowed, item.amount, stats.remaining, stats.reset_time)
 
@@ -264,19 +271,41 @@ class ApiSecurity:
         return caller
 
     async def _count(self, request: Request, identity: str, groups: tuple[str, ...]) -> None:
+        headers = await self.count(identity, groups)
+        if headers:
+            setattr(request.state, RATE_STATE, headers)
+
+    async def count(self, identity: str, groups: tuple[str, ...], refusal: str = "Too many requests; try again "
+                    "in {wait} s.", *, peek: bool = False) -> dict[str, str]:
+        """Count one request in each group; the last group's rate headers, or HttpAppError
+        rate_limited (its message from `refusal`) once a limit is reached. With peek, only
+        whether one more would pass."""
         now = time.time()
+        headers: dict[str, str] = {}
         for group in groups:
-            verdict = await self.limiter.hit(group, identity)
+            verdict = await self.limiter.hit(group, identity, count=not peek)
             if verdict is None:
                 continue
             headers = verdict.headers(now)
-            setattr(request.state, RATE_STATE, headers)
             if not verdict.allowed:
                 if group == "upload":
                     UPLOADS_REFUSED.labels("rate_limited").inc()
                 wait = headers["Retry-After"]
-                raise HttpAppError("rate_limited", f"Too many requests; try again in {wait} s.", 429,
+                raise HttpAppError("rate_limited", refusal.format(wait=wait), 429,
                                    {"limit": verdict.limit, "retry_after": int(wait)}, headers=headers)
+        return headers
+
+    async def may_start(self, request: Any) -> str:
+        """Before a job is made from the page, /generate or an MCP tool: HttpAppError
+        rate_limited when this visitor has no starts left. Returns whom to count once the job
+        is made (`count_start`): a mistake does not use up a visitor's starts. They share the
+        REST upload's group and bucket (ip:<address>), so every door has one budget."""
+        identity = f"ip:{self.address(request)}"
+        await self.count(identity, ("upload",), START_REFUSAL, peek=True)
+        return identity
+
+    async def count_start(self, identity: str) -> None:
+        await self.limiter.hit("upload", identity)
 
 
 def unauthorized(code: str, message: str) -> HttpAppError:

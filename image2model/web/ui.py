@@ -8,6 +8,7 @@ scripts lives in ui_api.py.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from image2model.media.images import UPLOAD_EXTENSIONS, browser_preview
 from image2model.providers.catalog import LOCAL_MODEL, ModelSpec, catalog
 from image2model.providers.local import CPU_COUNT
 from image2model.runtime import Runtime
+from image2model.web.security import ApiSecurity
 from image2model.web.ui_api import follow_job, register_api
 from image2model.web.ui_files import export_model, export_zip, uploads_from
 from image2model.web.ui_form import (
@@ -85,14 +87,23 @@ def serve_results_in_place(runtime: Runtime) -> None:
         _served_in_place.add(root)
 
 
-def build_ui(runtime: Runtime) -> gr.Blocks:
+def build_ui(runtime: Runtime, security: ApiSecurity) -> gr.Blocks:
+    """The page; `security` is the REST API's, so a visitor's job starts count in one budget."""
     serve_results_in_place(runtime)  # before any component exists
-    return Page(runtime).build()
+    return Page(runtime, security).build()
 
 
 def note(message: str, kind: str = "error") -> dict[str, Any]:
     """A message box update that hides the box when there is nothing to say."""
     return gr.update(value=notice_html(message, kind), visible=bool(message))
+
+
+STILL_RUNNING = "This tab's job is still running: wait for it, or press Cancel first."
+
+
+def refused(message: str) -> list[Any]:
+    """The start outputs (job box, notice, seed, recent, recent picker) when no job starts."""
+    return [gr.skip(), note(message), gr.skip(), gr.skip(), gr.skip()]
 
 
 def first_model(runtime: Runtime, specs: list[ModelSpec]) -> str:
@@ -126,8 +137,9 @@ class Page:
 
     form: ParamForm
 
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: Runtime, security: ApiSecurity):
         self.runtime = runtime
+        self.security = security
         self.settings = runtime.settings
         self.service = runtime.service
         self.start_model = first_model(runtime, available_models(self.settings))
@@ -151,7 +163,7 @@ class Page:
             self.view_state = gr.JSON({"job": "", "index": None}, visible=False)
             self.recent = gr.BrowserState([], storage_key=self.settings.browser_state_key,
                                           secret=self.settings.browser_state_secret)
-            register_api(self.runtime)
+            register_api(self.runtime, self.security)
             self._wire(demo)
         return demo
 
@@ -290,22 +302,42 @@ class Page:
         return gr.update(choices=choices, value=model_id if model_id in ids else self.start_model)
 
     # --- starting and attaching ----------------------------------------------------------------
-    def start(self, chosen: list[str] | None, model_id: str, mode_value: str, seed_value: Any,
-              random_seed: bool, stored: Any, current_job: str, own_key: str | None, request: gr.Request,
-              *flat: Any) -> list[Any]:
+    async def start(self, chosen: list[str] | None, model_id: str, mode_value: str, seed_value: Any,
+                    random_seed: bool, stored: Any, current_job: str, own_key: str | None, request: gr.Request,
+                    *flat: Any) -> list[Any]:
         try:
             spec = self.service.model_spec(model_id, own_key=bool((own_key or "").strip()))
             options = options_for(spec, self.form, list(flat), seed_value, random_seed)
         except Exception as exc:  # noqa: BLE001 - shown in words, never as a traceback
-            return [gr.skip(), note(friendly(exc)), gr.skip(), gr.skip(), gr.skip()]
+            return refused(friendly(exc))
         session = getattr(request, "session_hash", None) or ""
+        if await asyncio.to_thread(self.tab_busy, current_job, session):  # a double click is not counted
+            return refused(STILL_RUNNING)
+        try:
+            visitor = await self.security.may_start(request)
+        except AppError as exc:
+            return refused(exc.message)
+        result = await asyncio.to_thread(self.start_now, chosen, model_id, mode_value, options, stored,
+                                         current_job, own_key, session)
+        return await self.counted(visitor, result)
+
+    def start_now(self, chosen: list[str] | None, model_id: str, mode_value: str, options: dict[str, Any],
+                  stored: Any, current_job: str, own_key: str | None, session: str) -> list[Any]:
         with self.starting:  # checked and created in one step: a second click must not pay again
-            if self.still_running(current_job) or self.still_running(self.session_jobs.get(session)):
-                return [gr.skip(), note("This tab's job is still running: wait for it, or press Cancel "
-                                        "first."), gr.skip(), gr.skip(), gr.skip()]
+            if self.tab_busy(current_job, session):
+                return refused(STILL_RUNNING)
             result = self.launch(chosen, model_id, mode_value, options, stored, own_key)
             if session and isinstance(result[0], str):
                 self.session_jobs[session] = result[0]
+        return result
+
+    def tab_busy(self, current_job: str, session: str) -> bool:
+        return self.still_running(current_job) or self.still_running(self.session_jobs.get(session))
+
+    async def counted(self, visitor: str, result: list[Any]) -> list[Any]:
+        """A job that was made counts against the visitor's starts (a refused one does not)."""
+        if isinstance(result[0], str):
+            await self.security.count_start(visitor)
         return result
 
     def still_running(self, job_id: str | None) -> bool:
@@ -316,9 +348,14 @@ class Page:
         except Exception:  # noqa: BLE001 - an expired or unknown job is not running
             return False
 
-    def start_example(self, chosen: list[str] | None, stored: Any) -> list[Any]:
+    async def start_example(self, chosen: list[str] | None, stored: Any, request: gr.Request) -> list[Any]:
         """Examples always run on the offline model with its defaults."""
-        return [gr.update(value=LOCAL_MODEL), *self.launch(chosen, LOCAL_MODEL, "per_image", {}, stored)]
+        try:
+            visitor = await self.security.may_start(request)
+        except AppError as exc:
+            return [gr.skip(), *refused(exc.message)]
+        launched = await asyncio.to_thread(self.launch, chosen, LOCAL_MODEL, "per_image", {}, stored)
+        return [gr.update(value=LOCAL_MODEL), *await self.counted(visitor, launched)]
 
     def launch(self, chosen: list[str] | None, model_id: str, mode_value: str, options: dict[str, Any],
                stored: Any, own_key: str | None = None) -> list[Any]:
@@ -328,9 +365,8 @@ class Page:
             job = self.service.create_job(uploads, model=model_id, mode=mode_value, params=options, fal_key=own_key)
         except Exception as exc:  # noqa: BLE001
             if self.service.upload_problems(uploads):  # already said under the photos: point there
-                return [gr.skip(), note("Fix what the note under the photos says, then press Generate again."),
-                        gr.skip(), gr.skip(), gr.skip()]
-            return [gr.skip(), note(friendly(exc)), gr.skip(), gr.skip(), gr.skip()]
+                return refused("Fix what the note under the photos says, then press Generate again.")
+            return refused(friendly(exc))
         used_seed = job.params.get("seed")
         updated = remember(stored, job)
         return [job.id, note(""), used_seed if used_seed is not None else gr.skip(), updated,

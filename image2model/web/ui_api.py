@@ -25,6 +25,7 @@ from image2model.errors import AppError
 from image2model.jobs.service import JobService, Upload
 from image2model.runtime import Runtime
 from image2model.web.named_files import NamedFiles
+from image2model.web.security import ApiSecurity
 from image2model.web.ui_files import uploads_from
 from image2model.web.ui_view import friendly
 
@@ -83,12 +84,13 @@ def result_file_paths(runtime: Runtime, status: dict[str, Any]) -> list[str]:
     return files
 
 
-def register_api(runtime: Runtime) -> None:
-    """Add the four named endpoints to the Blocks being built."""
+def register_api(runtime: Runtime, security: ApiSecurity) -> None:
+    """Add the four named endpoints to the Blocks being built. A /generate counts against the
+    caller's job starts (`security.count_start`), as an upload through REST does."""
     service = runtime.service
 
     async def generate(images: list[Any] | None, model: str | None, mode: str | None, options: Any,
-                       fal_key: str | None = "",
+                       fal_key: str | None = "", request: gr.Request = None,  # type: ignore[assignment]
                        progress: gr.Progress = gr.Progress()) -> AsyncIterator[tuple[dict[str, Any], Any]]:
         """Turn photos of objects into 3D models (GLB files): one model per photo, or one model from
         several views of one object. Waits until every model is made: seconds with the offline
@@ -105,8 +107,10 @@ def register_api(runtime: Runtime) -> None:
             the job status (job_id, state, and per photo its message, error and files) and the list of result files, each with an absolute `url` to download it (the GLB models, and previews for some models).
         """
         try:
+            visitor = await security.may_start(request)
             status = await asyncio.to_thread(create_job, runtime, uploads_from(images), model, mode, options,
                                              fal_key)
+            await security.count_start(visitor)
             async for status in follow_job(service, status["job_id"]):
                 progress(status["progress"] / 100, desc=f"{status['counts']['succeeded']} of "
                          f"{len(status['items'])} models ready")

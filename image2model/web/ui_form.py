@@ -32,8 +32,9 @@ def available_models(settings: Settings, own_key: bool = False) -> list[ModelSpe
 
 
 def model_choices(settings: Settings, own_key: bool = False) -> list[tuple[str, str]]:
-    """Each model with its one-line description, as the picker shows it."""
-    return [(f"{spec.label} — {spec.description}", spec.id) for spec in available_models(settings, own_key)]
+    """Each model by its short name: a description in the picker was cut off at laptop width
+    and said again in full just below it (model_info)."""
+    return [(spec.label, spec.id) for spec in available_models(settings, own_key)]
 
 
 def model_info(spec: ModelSpec) -> str:
@@ -61,9 +62,12 @@ def mode_props(spec: ModelSpec, current: str | None = None) -> dict[str, Any]:
 PARAM_LABELS = {
     "ss_guidance_strength": "Shape guidance", "ss_sampling_steps": "Shape steps",
     "slat_guidance_strength": "Detail guidance", "slat_sampling_steps": "Detail steps",
-    "mc_resolution": "Mesh resolution", "bg_tolerance": "Background tolerance", "pbr": "PBR materials",
-    "enable_pbr": "PBR materials", "TAPose": "T/A pose", "use_hyper": "Extra detail (hyper)",
+    "mc_resolution": "Shape detail", "bg_tolerance": "Background tolerance", "pbr": "Realistic materials",
+    "enable_pbr": "Realistic materials", "TAPose": "T/A pose", "use_hyper": "Extra detail (hyper)",
     "do_remove_background": "Remove background", "multiimage_algo": "How views are combined",
+    "num_inference_steps": "Refinement passes", "octree_resolution": "Shape detail", "resolution": "Shape detail", "detail": "Surface texture",
+    "face_count": "Triangles", "face_limit": "Most triangles", "decimation_target": "Triangles",
+    "polygon_type": "Face shape", "generate_type": "Kind of model", "texture_size": "Texture size", "textured_mesh": "Add colours", "guidance_scale": "Follow the photo",
 }
 
 

@@ -32,6 +32,9 @@ UI_CSS = """
   overflow-wrap: break-word; }
 #thumbs .caption-label { font-size: 11px; padding: 0 4px; bottom: 2px; max-width: 92%; }
 #model input { text-overflow: ellipsis; padding-right: 28px; }
+/* a choice that cannot be made looks it (Gradio draws a disabled radio like an enabled one) */
+#mode label:has(input:disabled:not(:checked)) { opacity: 0.45; cursor: not-allowed; }
+#mode label:has(input:disabled) { cursor: not-allowed; }
 @media (max-width: 640px) {
   .gradio-container { padding: 6px !important; }
   /* the viewer fits the model to its height; a tall, narrow canvas cuts off wide models */

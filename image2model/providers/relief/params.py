@@ -12,7 +12,7 @@ RELIEF_PARAMS: list[dict] = [
         "minimum": 32,
         "maximum": 512,
         "step": 8,
-        "help": "Grid cells along the image's long side; more cells give finer geometry and more faces.",
+        "help": "How fine the shape is: higher gives more detail, a bigger file and a slower build.",
     },
     {
         "name": "inflation",
