@@ -108,8 +108,8 @@ def persistent_redis(port: int, workdir: Path) -> subprocess.Popen:
     return proc
 
 
-def redis_scenario(scenario: str, count: int, queue_s: float, run_s: float) -> dict:
-    env = {"REAP_SECONDS": "1", "WORKER_TTL_SECONDS": "10", "RATE_LIMIT_API": "off", "RATE_LIMIT_UPLOAD": "off",
+def redis_scenario(scenario: str, count: int, queue_s: float, run_s: float, ttl_s: float) -> dict:
+    env = {"REAP_SECONDS": "1", "WORKER_TTL_SECONDS": f"{ttl_s:g}", "RATE_LIMIT_API": "off", "RATE_LIMIT_UPLOAD": "off",
            "EMBEDDED_WORKER": "false"}
     with temp_dir("i2m-bench-rec-") as tmp, fake_fal(queue_s, run_s) as fake:
         env["FAL_API_URL"] = fake.platform_url
@@ -178,12 +178,13 @@ def offline_cancel(count: int, size: tuple[int, int]) -> dict:
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
-    count, queue_s, run_s = (3, 0.1, 8.0) if args.quick else (10, 0.5, 15.0)
+    # quick: shorter FAL requests and worker liveness, so the suite's run stays short
+    count, queue_s, run_s, ttl_s = (3, 0.1, 4.0, 4.0) if args.quick else (10, 0.5, 15.0, 10.0)
     rows = [offline_cancel(count, (1600, 1200) if args.quick else (3000, 2400)),
             embedded_kill(count, queue_s, run_s, in_submit=False),
             embedded_kill(count, queue_s, run_s, in_submit=True)]
     if shutil.which("redis-server"):
-        rows += [redis_scenario(s, count, queue_s, run_s) for s in ("consumer_kill", "consumer_freeze", "redis_restart")]
+        rows += [redis_scenario(s, count, queue_s, run_s, ttl_s) for s in ("consumer_kill", "consumer_freeze", "redis_restart")]
     report("recovery", "Recovery: from the restart (or the fault) to the job's end, against L + 15 s",
            ["scenario", "images", "L_s", "done_after_s", "target_s", "met", "one_submit_per_input"], rows,
            args.quick)

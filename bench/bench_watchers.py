@@ -16,7 +16,10 @@ from bench.common import (AppProcess, cpu_seconds, distinct_images, median, pars
 from image2model.runtime import make_store
 from tests.conftest import make_settings
 
-MARK = b"bench-fanout-"
+# The update every stream must see: a progress no real item has. (Not the message: with no
+# worker running, a queued item's status says so instead of its own message.)
+MARK_PROGRESS = 12.345
+MARK = str(MARK_PROGRESS).encode()
 
 
 async def open_stream(host: str, port: int, path: str, arrived: dict[int, float], ready: asyncio.Event,
@@ -57,7 +60,7 @@ async def scenario(url: str, pid: int, job_id: str, store, streams: int, quiet: 
     await asyncio.sleep(quiet)
     cpu_quiet = cpu_seconds(pid) - cpu_start
     written = time.perf_counter()
-    await asyncio.to_thread(store.update_item, job_id, 0, {"message": (MARK + b"1").decode()})
+    await asyncio.to_thread(store.update_item, job_id, 0, {"progress": MARK_PROGRESS})
     deadline = time.monotonic() + 60
     while len(arrived) < streams and time.monotonic() < deadline:
         await asyncio.sleep(0.01)

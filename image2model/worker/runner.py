@@ -232,7 +232,7 @@ class ItemRunner:
                 files.append(ResultFile(run.preview_target.name, "preview", run.preview_target.stat().st_size,
                                         "image/png"))
             if output.run_seconds:
-                self.store.record_duration(spec.id, output.run_seconds)
+                self._record_duration(spec.id, output.run_seconds)
                 (FAL_RUN.labels(spec.id) if spec.provider == "fal" else OFFLINE_BUILD).observe(output.run_seconds)
             message = f"Done. {output.note}" if output.note else "Done"
             done = self._finish(job.id, item.index, worker, ItemState.SUCCEEDED, message, files=files,
@@ -364,6 +364,14 @@ class ItemRunner:
             except Exception as exc:  # noqa: BLE001 - a store hiccup must not kill the item
                 log.warning("heartbeat failed: %s", exc, extra={"job_id": run.job_id, "item": run.index,
                                                                 "worker": run.worker})
+
+    def _record_duration(self, model: str, seconds: float) -> None:
+        """Best effort: one lost sample of the typical time is nothing, while failing here, in a
+        store outage, left a finished (paid) item running until the reaper's stale_after."""
+        try:
+            self.store.record_duration(model, seconds)
+        except StoreUnavailable as exc:
+            store_outage.failed(exc)
 
     def _fail(self, job_id: str, index: int, worker: str, code: str, message: str) -> None:
         self._finish(job_id, index, worker, ItemState.FAILED, "Failed", error=ItemError(code, message))
