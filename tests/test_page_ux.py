@@ -261,3 +261,63 @@ def test_a_full_queue_refuses_new_jobs_in_words(live_server_factory, open_page, 
         assert "2 photos are already waiting" in notice(page) and "Up to 1 photo would fit now" in notice(page)
         shot(page, f"ux-11-queue-full-{device}")
     assert len(server.runtime.store.all_job_ids()) == 1
+
+
+@SQLITE
+def test_files_that_cannot_be_used_are_explained_and_can_be_left_out(
+        live_server_factory, open_page, tmp_path: Path, backend) -> None:  # noqa: ANN001, F811
+    """Points 3 and 4: a photo over the size limit and a text file are said in our words under
+    the box, which keeps the good photo and stays usable; Generate points to one button that
+    leaves out what cannot be used, and the job then runs on the rest."""
+    server = live_server_factory(fal_key="", max_image_mb=0.015)  # the mug (9 KB) fits, the duck (19 KB) not
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a shopping list")
+    page = open_page(server)
+    page.set_input_files("#images input[type=file]", [MUG, DUCK, str(notes)])
+    note = page.locator("#upload-note")
+    wait_for(page, lambda: note.is_visible() and "notes.txt" in note.inner_text(), 15, "the upload note")
+    said = note.inner_text()
+    assert "'duck.png' is 18 KB; the limit is 0.015 MB per image" in said, said
+    assert "'notes.txt' is not an image" in said and "Mb" not in said
+    assert page.locator("#images .error").count() == 0, "the box shows a bare Error"
+    wait_for(page, lambda: page.locator("#thumbs img").count() == 1, 10, "the mug's thumbnail")  # still there
+    leave_out = page.locator("#leave-out")
+    assert leave_out.is_visible()
+    page.click("#generate")
+    wait_for(page, lambda: "Leave out the ones that cannot be used" in notice(page), 10, "the pointer to the button")
+    for device, (width, height) in SIZES.items():
+        page.set_viewport_size({"width": width, "height": height})
+        shot(page, f"ux-03-files-that-cannot-be-used-{device}")
+    leave_out.click()
+    wait_for(page, lambda: not note.is_visible() and not leave_out.is_visible(), 15, "the note and button to go")
+    def listed() -> str:
+        return page.locator("#images").inner_text().replace("\n", "")  # names are drawn as "mug" + ".png"
+    wait_for(page, lambda: "mug.png" in listed(), 10, "the mug to stay in the box")
+    assert "duck.png" not in listed() and "notes.txt" not in listed()
+    page.click("#generate")
+    table = wait_states(page, {"Done"}, 1)
+    assert [r[0] for r in table] == ["mug.png"]
+    shot(page, "ux-04-left-out-and-made")
+
+
+@SQLITE
+def test_a_drop_gradio_itself_refuses_is_explained_and_the_box_stays_usable(
+        live_server_factory, open_page, tmp_path: Path, backend) -> None:  # noqa: ANN001, F811
+    """Point 3: far over the limit, the browser refuses the whole drop before it is sent; the
+    reason stays on screen (not only in a toast that fades), and the box takes photos again."""
+    server = live_server_factory(fal_key="", max_image_mb=0.015)  # the upload box takes 4x: 61 KB
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(Path(DUCK).read_bytes() + bytes(100_000))
+    for device, (width, height) in SIZES.items():
+        page = open_page(server, width=width, height=height)
+        page.set_input_files("#images input[type=file]", [MUG, str(huge)])
+        refused = page.locator("#upload-refused .i2m-refused")
+        wait_for(page, refused.is_visible, 15, "the refusal in words")
+        assert "'huge.png' is far over the 0.015 MB a photo may have here" in refused.inner_text()
+        wait_for(page, lambda: page.locator("#images .error").count() == 0, 5, "the bare Error to go")
+        page.wait_for_timeout(6000)  # Gradio's toast has faded by now; our words have not
+        assert refused.is_visible()
+        shot(page, f"ux-03-drop-refused-{device}")
+        page.set_input_files("#images input[type=file]", [MUG])
+        wait_for(page, lambda: page.locator("#thumbs img").count() == 1, 15, "the box to take a photo again")
+        assert not refused.is_visible()

@@ -26,6 +26,7 @@ from image2model.metrics import ITEMS_CREATED, JOBS_CREATED, UPLOADS_REFUSED
 from image2model.media.polyglot import check_single_format
 from image2model.providers.catalog import ModelSpec, availability, catalog, get_model
 from image2model.storage import FileStore, safe_name, unique_stems
+from image2model.units import size_text
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ class JobService:
             raise AppError("upload_gone", f"'{name}' is no longer on the server (it was cleared before the job "
                            "started); please add it again.", 400, {"file": name}) from None
         if size > limit:
-            raise AppError("file_too_large", f"'{name}' is {size / 1048576:.1f} MB; the limit is "
+            raise AppError("file_too_large", f"'{name}' is {size_text(size)}; the limit is "
                            f"{self.settings.max_image_mb:g} MB per image.", 413, {"file": name})
         info = inspect_image(path, name, self.settings.max_image_pixels)
         check_single_format(path, name, info.format)  # an image with an archive or page inside: 415

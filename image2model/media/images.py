@@ -27,11 +27,6 @@ FORMAT_LABELS = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC or AVIF"
 MIN_SIDE = 8
 EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
               "TIFF": ".tiff", "HEIF": ".heic", "AVIF": ".avif"}
-# What a browser's file picker offers and its drop zone lets through, beside "image/*":
-# Chromium gives HEIC files (and upper-case names like IMG_0001.HEIC) no type at all, so
-# a type check alone refuses the photos an iPhone makes. Gradio compares these ignoring case.
-UPLOAD_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
-                     ".heic", ".heif", ".hif", ".avif", ".mpo")
 EXIF_ORIENTATION = 0x0112
 
 

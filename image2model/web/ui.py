@@ -9,6 +9,7 @@ scripts lives in ui_api.py.
 from __future__ import annotations
 
 import asyncio
+import html
 import threading
 
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ import gradio as gr
 
 from image2model.errors import AppError
 from image2model.examples import EXAMPLE_SETS, example_paths
-from image2model.media.images import UPLOAD_EXTENSIONS, browser_preview
+from image2model.media.images import browser_preview
 from image2model.providers.catalog import LOCAL_MODEL, ModelSpec, catalog
 from image2model.providers.local import CPU_COUNT
 from image2model.runtime import Runtime
@@ -98,6 +99,7 @@ def note(message: str, kind: str = "error") -> dict[str, Any]:
     return gr.update(value=notice_html(message, kind), visible=bool(message))
 
 
+LEAVE_OUT = "Leave out the ones that cannot be used"
 STILL_RUNNING = "This tab's job is still running: wait for it, or press Cancel first."
 
 
@@ -170,13 +172,18 @@ class Page:
     # --- layout -------------------------------------------------------------------------------
     def _inputs(self) -> None:
         spec = catalog()[self.start_model]
+        # No file_types: Gradio's own type check refused a whole drop with a toast that faded,
+        # leaving a bare "Error"; every file is let in, and the note below says what will not do.
         self.files = gr.File(label=f"Photos (1 to {self.settings.max_images})", file_count="multiple",
-                             file_types=["image", *UPLOAD_EXTENSIONS], type="filepath", elem_id="images",
-                             height=150)
+                             type="filepath", elem_id="images", height=150)
         self.thumbs = gr.Gallery(label="Your photos", show_label=False, columns=6, height=150, object_fit="contain",
                                  fit_columns=False, allow_preview=False, interactive=False, buttons=[],
                                  visible=False, elem_id="thumbs")
         self.upload_note = gr.HTML(elem_id="upload-note", visible=False)
+        limit = html.escape(f"{self.settings.max_image_mb:g} MB")  # UPLOAD_REFUSED_JS fills this in
+        gr.HTML(f'<div class="i2m-refused" role="alert" data-limit="{limit}" hidden></div>', elem_id="upload-refused",
+                padding=False)
+        self.leave_out = gr.Button(LEAVE_OUT, elem_id="leave-out", visible=False, size="sm")
         # allow_custom_value: Gradio checks a value against the choices the page was built with,
         # and a pasted FAL key adds choices later (offer_models); the catalog checks it instead
         self.model = gr.Dropdown(model_choices(self.settings), value=self.start_model, label="Model",
@@ -248,7 +255,9 @@ class Page:
                   concurrency_limit=None, **PRIVATE)
         self._watch_chosen_job()
 
-        self.files.change(self.show_uploads, [self.files], [self.thumbs, self.upload_note, self.notice],
+        self.leave_out.click(self.keep_usable, [self.files], [self.files], concurrency_limit=4,
+                             show_progress="hidden", **PRIVATE)
+        self.files.change(self.show_uploads, [self.files], [self.thumbs, self.upload_note, self.notice, self.leave_out],
                           concurrency_limit=4, show_progress="hidden", **PRIVATE)
         self.own_key.change(self.offer_models, [self.own_key, self.model], [self.model], concurrency_limit=None,
                            show_progress="hidden", **PRIVATE)
@@ -278,13 +287,20 @@ class Page:
             show_progress="hidden", trigger_mode="multiple", **PRIVATE)
 
     # --- choosing photos, model and settings ---------------------------------------------------
-    def show_uploads(self, chosen: list[str] | None) -> tuple[Any, Any, Any]:
-        """Thumbnails with names, and what is wrong with the photos, said at once."""
+    def show_uploads(self, chosen: list[str] | None) -> tuple[Any, Any, Any, Any]:
+        """Thumbnails with names, and what is wrong with the photos, said at once, with a
+        button that leaves out what cannot be used (when something can)."""
         usable, problems = self.service.sort_uploads(uploads_from(chosen))
         # only what is readable gets a thumbnail: a broken picture says less than the note
         gallery = [(str(browser_preview(u.path)), u.name) for u in usable]
         # a notice about the previous photos would now be out of date
-        return gr.update(value=gallery or None, visible=bool(gallery)), note(" ".join(problems)), note("")
+        return (gr.update(value=gallery or None, visible=bool(gallery)), note(" ".join(problems)), note(""),
+                gr.update(visible=bool(problems and usable)))
+
+    def keep_usable(self, chosen: list[str] | None) -> Any:
+        """The upload box with only the photos a job can take (the first max_images readable ones)."""
+        usable, _ = self.service.sort_uploads(uploads_from(chosen))
+        return [str(u.path) for u in usable] or None
 
     def pick_model(self, model_id: str, current_mode: str) -> list[Any]:
         """A new model: its modes, its description, its settings at their defaults."""
@@ -364,8 +380,10 @@ class Page:
         try:
             job = self.service.create_job(uploads, model=model_id, mode=mode_value, params=options, fal_key=own_key)
         except Exception as exc:  # noqa: BLE001
-            if self.service.upload_problems(uploads):  # already said under the photos: point there
-                return refused("Fix what the note under the photos says, then press Generate again.")
+            usable, problems = self.service.sort_uploads(uploads)
+            if problems:  # already said under the photos: point there
+                return refused(f"Some photos cannot be used: see the note under them, or press “{LEAVE_OUT}”."
+                               if usable else "None of these files can be used: see the note under the photos.")
             return refused(friendly(exc))
         used_seed = job.params.get("seed")
         updated = remember(stored, job)

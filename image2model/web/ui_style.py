@@ -6,7 +6,45 @@ from __future__ import annotations
 import gradio as gr
 
 UI_THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="slate", neutral_hue="slate")
-UI_HEAD = '<meta name="description" content="Turn photos into 3D models you can look at and download.">'
+# Above Gradio's own size ceiling (app.gradio_upload_ceiling) the browser refuses a whole drop
+# with a toast that fades and leaves a bare "Error" over the box. This says why where the
+# note under the photos goes, and clears the "Error" so the box takes photos again.
+UPLOAD_REFUSED_JS = """<script>
+(() => {
+  const TOO_BIG = /exceed the maximum allowed size of [^:]*: (.*)/;
+  function refused() {
+    const box = document.getElementById("images");
+    const error = box && box.querySelector(".error");
+    const target = document.querySelector("#upload-refused .i2m-refused");
+    if (!error || !target) return;
+    const toast = Array.from(document.querySelectorAll(".toast-body")).map(t => t.innerText).find(t => TOO_BIG.test(t));
+    const names = toast ? toast.match(TOO_BIG)[1].replace(/"/g, "'") : "";
+    const words = names
+      ? `Nothing was added: ${names} ${names.includes(",") ? "are" : "is"} far over the ${target.dataset.limit} a photo may have here. Add the other photos again without it.`
+      : "Those files could not be added. Please try again, or with fewer files at once.";
+    if (target.hidden || target.textContent !== words) {  // writing it is a mutation too: once
+      target.textContent = words;
+      target.hidden = false;
+    }
+    const clear = box.querySelector(".clear-status button");
+    if (clear && !clear.dataset.i2mClicked) {
+      clear.dataset.i2mClicked = "1";
+      clear.click();
+    }
+  }
+  function fresh(event) {
+    if (event.target.closest && event.target.closest("#images")) {
+      const target = document.querySelector("#upload-refused .i2m-refused");
+      if (target) target.hidden = true;
+    }
+  }
+  document.addEventListener("change", fresh, true);
+  document.addEventListener("drop", fresh, true);
+  new MutationObserver(refused).observe(document.documentElement, {childList: true, subtree: true});
+})();
+</script>"""
+UI_HEAD = ('<meta name="description" content="Turn photos into 3D models you can look at and download.">'
+           + UPLOAD_REFUSED_JS)
 UI_CSS = """
 /* width: a flex item with auto margins shrinks to its content; at phone width the two
    columns would then sit side by side, wider than the screen */
@@ -14,6 +52,10 @@ UI_CSS = """
 #intro p { margin: 0; }
 .i2m-notice { padding: 10px 14px; border-radius: 8px; font-size: 15px; }
 .i2m-error { background: #fdecec; color: #8a1c1c; border: 1px solid #f3b4b4; }
+.i2m-refused { padding: 10px 14px; border-radius: 8px; font-size: 15px; background: #fdecec; color: #8a1c1c;
+  border: 1px solid #f3b4b4; }
+.i2m-refused[hidden] { display: none; }
+#upload-refused:has(.i2m-refused[hidden]) { display: none; }  /* no empty gap while there is nothing to say */
 .i2m-info { background: #eef5ff; color: #1d3f73; border: 1px solid #bcd4f6; }
 .i2m-job-title { margin: 0 0 6px 0; font-size: 17px; font-weight: 700; }
 .i2m-job-id { margin: 6px 0 0 0; font-size: 12px; color: var(--body-text-color-subdued); word-break: break-all; }
@@ -42,5 +84,6 @@ UI_CSS = """
   #items th, #items td, #items th *, #items td * { font-size: 12px !important; }
   #items th, #items td { padding: 6px 3px !important; }
   #items th span { white-space: normal; overflow: visible !important; text-overflow: clip !important; }
+  #items th, #items th * { overflow-wrap: normal !important; }  /* "Time", never "Tim e" */
 }
 """

@@ -13,6 +13,7 @@ from typing import Any
 from image2model.errors import AppError
 from image2model.jobs.service import NO_WORKER_MESSAGE
 from image2model.providers.base import WAITING_FOR_CPU
+from image2model.units import size_text
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,6 @@ def duration(seconds: float | None) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
     return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
-
-
-def size_text(size: int | None) -> str:
-    if not size:
-        return ""
-    if size < 1024 * 1024:
-        return f"{size / 1024:.0f} KB"
-    return f"{size / 1048576:.1f} MB"
 
 
 def item_message(item: dict[str, Any]) -> str:
