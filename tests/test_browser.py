@@ -347,7 +347,7 @@ def test_an_example_runs_in_one_click_at_phone_width(live_server_factory, open_p
     server = live_server_factory(fal_key="")
     page = open_page(server, width=390, height=844)
     shot(page, "40-phone-empty")
-    page.get_by_text("Rubber duck", exact=True).first.click()
+    page.locator("#examples button", has_text="Duck").first.click()
     table = wait_states(page, {"Done"}, 1)
     assert table[0][0] == "duck.png"
     wait_rendered(page, "41-phone-viewer")

@@ -321,3 +321,35 @@ def test_a_drop_gradio_itself_refuses_is_explained_and_the_box_stays_usable(
         page.set_input_files("#images input[type=file]", [MUG])
         wait_for(page, lambda: page.locator("#thumbs img").count() == 1, 15, "the box to take a photo again")
         assert not refused.is_visible()
+
+
+@SQLITE
+def test_examples_are_pictures_and_one_is_a_real_photo(live_server_factory, open_page, backend) -> None:  # noqa: ANN001, F811
+    """Point 9: the examples are thumbnails people recognise (not text chips), one of them a real
+    photo shipped under CC0 (image2model/examples/LICENSES.md); a click runs it."""
+    from image2model.examples import EXAMPLES, EXAMPLES_DIR
+
+    licences = (EXAMPLES_DIR / "LICENSES.md").read_text()
+    assert all(name in licences for example in EXAMPLES for name in example.files), "a picture without its source"
+    server = live_server_factory(fal_key="")
+    for device, (width, height) in SIZES.items():
+        page = open_page(server, width=width, height=height)
+        items = page.locator("#examples button")
+        wait_for(page, lambda: items.count() == len(EXAMPLES), 10, "every example")
+        assert [items.nth(n).inner_text().strip() for n in range(items.count())] == [e.title for e in EXAMPLES]
+        frame = page.locator("#examples").bounding_box()
+        for n in range(items.count()):  # one row, none cut off at the gallery's edges
+            box = items.nth(n).bounding_box()
+            assert frame["x"] - 1 <= box["x"] and box["x"] + box["width"] <= frame["x"] + frame["width"] + 1, (n, box)
+            assert abs(box["y"] - items.nth(0).bounding_box()["y"]) < 2, (n, box)
+        for n in range(items.count()):
+            items.nth(n).scroll_into_view_if_needed()
+            wait_for(page, lambda n=n: items.nth(n).locator("img").evaluate("i => i.complete && i.naturalWidth > 0"),
+                     10, f"example {n} to show its picture")
+        page.locator("#examples-title").scroll_into_view_if_needed()
+        shot(page, f"ux-09-examples-{device}")
+    page.locator("#examples button", has_text="Coffee").click()
+    table = wait_states(page, {"Done"}, 1)
+    assert table[0][0] == "coffee.jpg"
+    job = server.runtime.service.get(job_id_in_url(page))
+    assert job.model == "local/relief" and job.items[0].files, "the photo made no model"

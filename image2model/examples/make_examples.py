@@ -98,11 +98,27 @@ MAKERS: dict[str, Callable[[], Image.Image]] = {"duck.png": duck, "mug.png": mug
                                                 "star.png": star}
 
 
+def side_by_side(paths: list[Path]) -> Image.Image:
+    """One picture of a set of photos, for the examples gallery (each photo squeezed to a strip)."""
+    strip = SIZE // len(paths)
+    sheet = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
+    for n, path in enumerate(paths):
+        photo = Image.open(path).convert("RGB")
+        photo.thumbnail((strip, SIZE))
+        sheet.paste(photo, (n * strip + (strip - photo.width) // 2, (SIZE - photo.height) // 2))
+    return sheet
+
+
 def main(directory: Path = EXAMPLES_DIR) -> None:
+    from image2model.examples import EXAMPLES
+
     for name, make in MAKERS.items():
         target = directory / name
         make().save(target, optimize=True)
         print(f"{target} ({target.stat().st_size // 1024} KB)")
+    for example in EXAMPLES:
+        if len(example.files) > 1:
+            side_by_side([directory / name for name in example.files]).save(directory / example.sheet, optimize=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any
 import gradio as gr
 
 from image2model.errors import AppError
-from image2model.examples import EXAMPLE_SETS, example_paths
+from image2model.examples import EXAMPLES
 from image2model.media.images import browser_preview
 from image2model.providers.catalog import LOCAL_MODEL, ModelSpec, catalog
 from image2model.providers.local import CPU_COUNT
@@ -205,11 +205,11 @@ class Page:
             self.generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
             self.cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel", interactive=False)
         self.notice = gr.HTML(elem_id="notice", visible=False)
-        self.examples = gr.Examples(
-            [[example_paths(names)] for _, names in EXAMPLE_SETS], inputs=[self.files],
-            example_labels=[title for title, _ in EXAMPLE_SETS], label="Examples (run on the offline model)",
-            api_visibility="private", elem_id="examples",
-        )
+        # pictures rather than gr.Examples' text chips: people pick an example by what it shows
+        gr.Markdown("**Examples**: click one to try it (on the offline model).", elem_id="examples-title")
+        self.examples = gr.Gallery([(e.thumbnail, e.title) for e in EXAMPLES], show_label=False, columns=5,
+                                   height=136, object_fit="contain", allow_preview=False, interactive=False,
+                                   buttons=[], elem_id="examples")
 
     def _results(self) -> None:
         self.progress = gr.HTML(elem_id="progress")
@@ -246,9 +246,10 @@ class Page:
         self.generate_btn.click(self.start, start_inputs, start_outputs, concurrency_limit=None,
                                 show_progress="minimal",
                                 validator=count_validator(self.settings.max_images, len(start_inputs)), **PRIVATE)
-        self.examples.load_input_event.then(self.start_example, [self.files, self.recent],
-                                            [self.model, *start_outputs], concurrency_limit=None,
-                                            show_progress="minimal", **PRIVATE)
+        self.examples.select(self.pick_example, None, [self.files], concurrency_limit=None, show_progress="hidden",
+                             **PRIVATE).then(self.start_example, [self.files, self.recent],
+                                             [self.model, *start_outputs], concurrency_limit=None,
+                                             show_progress="minimal", **PRIVATE)
         self.recent_pick.input(self.open_recent, [self.recent_pick], [self.job_box, self.notice],
                                concurrency_limit=None, **PRIVATE)
         demo.load(self.on_load, [self.recent], [self.job_box, self.notice, self.recent, self.recent_pick],
@@ -363,6 +364,11 @@ class Page:
             return not self.service.get(job_id).state.terminal
         except Exception:  # noqa: BLE001 - an expired or unknown job is not running
             return False
+
+    @staticmethod
+    def pick_example(chosen: gr.SelectData) -> list[str]:
+        """The example's photos in the upload box, as if the person had added them."""
+        return EXAMPLES[chosen.index].paths
 
     async def start_example(self, chosen: list[str] | None, stored: Any, request: gr.Request) -> list[Any]:
         """Examples always run on the offline model with its defaults."""

@@ -72,13 +72,16 @@ UI_CSS = """
 #items { --font-mono: var(--font); }
 #items th, #items td, #items th *, #items td * { font-family: var(--font) !important; word-break: normal;
   overflow-wrap: break-word; }
-#thumbs .caption-label { font-size: 11px; padding: 0 4px; bottom: 2px; max-width: 92%; }
+/* all five examples in one row, as wide as the column: none cut off or hidden past an edge */
+#examples .grid-container { grid-template-columns: repeat(5, minmax(0, 1fr)) !important; }
+#examples .caption-label, #thumbs .caption-label { font-size: 11px; padding: 0 4px; bottom: 2px; max-width: 92%; }
 #model input { text-overflow: ellipsis; padding-right: 28px; }
 /* a choice that cannot be made looks it (Gradio draws a disabled radio like an enabled one) */
 #mode label:has(input:disabled:not(:checked)) { opacity: 0.45; cursor: not-allowed; }
 #mode label:has(input:disabled) { cursor: not-allowed; }
 @media (max-width: 640px) {
   .gradio-container { padding: 6px !important; }
+  #examples { height: 96px !important; }
   /* the viewer fits the model to its height; a tall, narrow canvas cuts off wide models */
   #viewer { height: 300px !important; }
   #items th, #items td, #items th *, #items td * { font-size: 12px !important; }
