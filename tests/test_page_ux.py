@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import pytest
 
 from image2model.web.ui_view import table_rows
@@ -353,3 +355,92 @@ def test_examples_are_pictures_and_one_is_a_real_photo(live_server_factory, open
     assert table[0][0] == "coffee.jpg"
     job = server.runtime.service.get(job_id_in_url(page))
     assert job.model == "local/relief" and job.items[0].files, "the photo made no model"
+
+
+def gallery_pictures(page: Any) -> list[dict[str, Any]]:
+    """Each results-gallery entry: its caption, picture address and decoded size."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll('#results button')).map(b => {
+        const img = b.querySelector('img');
+        return {caption: b.innerText.trim(), src: img ? img.getAttribute('src') : '',
+                width: img && img.complete ? img.naturalWidth : 0};
+    })""")
+
+
+@SQLITE
+def test_every_finished_model_is_in_a_gallery_and_a_click_shows_it(
+        live_server_factory, open_page, backend) -> None:  # noqa: ANN001, F811
+    """Point 8: a picture of each finished model (rendered from the GLB for the offline model,
+    whose own preview is the cut-out), captioned with its file; a click opens it in the viewer."""
+    server = live_server_factory(fal_key="")
+    vase = DUCK.replace("duck", "vase")
+    for device, (width, height) in SIZES.items():
+        page = open_page(server, width=width, height=height)
+        if device == "laptop":
+            page.set_input_files("#images input[type=file]", [DUCK, MUG, vase])
+            wait_for(page, lambda: page.locator("#thumbs img").count() == 3, 15, "three thumbnails")
+            page.click("#generate")
+            job = job_id_in_url(page)
+        else:
+            page.goto(f"{server.url}/?job={job}")
+        wait_states(page, {"Done"}, 3, timeout=60)
+        pictures = wait_for(page, lambda: (p := gallery_pictures(page)) and len(p) == 3 and all(e["width"] for e in p)
+                            and p, 15, "three pictures in the gallery")
+        assert [p["caption"] for p in pictures] == ["duck.glb", "mug.glb", "vase.glb"]
+        assert all(".thumbnail.png" in p["src"] for p in pictures), pictures  # rendered, not the cut-outs
+        page.locator("#results button", has_text="vase.glb").click()
+        wait_for(page, lambda: "vase.glb" in page.locator("#stats").inner_text(), 10, "the vase in the viewer")
+        assert page.locator("#result-pick").count() == 0  # no dropdown of file names any more
+        page.locator("#results").scroll_into_view_if_needed()
+        shot(page, f"ux-08-results-gallery-{device}")
+    thumb = page.request.get(server.url + pictures[0]["src"] if pictures[0]["src"].startswith("/")
+                             else pictures[0]["src"])
+    from PIL import Image
+    import io
+    picture = Image.open(io.BytesIO(thumb.body())).convert("RGBA")
+    assert picture.size == (256, 256) and 0.05 < (np.asarray(picture)[..., 3] > 0).mean() < 0.95  # a model, not a blank
+
+
+@SQLITE
+def test_a_hosted_models_own_preview_is_its_gallery_picture(
+        fake_fal, live_server_factory, open_page, backend) -> None:  # noqa: ANN001, F811
+    server = live_server_factory()
+    page = open_page(server)
+    from tests.test_browser import choose_model
+
+    choose_model(page, "Tripo 2.5", "Tripo 2.5: coloured models")
+    page.set_input_files("#images input[type=file]", [DUCK])
+    wait_for(page, lambda: page.locator("#thumbs img").count() == 1, 15, "a thumbnail")
+    page.click("#generate")
+    wait_states(page, {"Done"}, 1, timeout=60)
+    pictures = wait_for(page, lambda: (p := gallery_pictures(page)) and p[0]["width"] and p, 15, "the picture")
+    assert pictures[0]["caption"] == "duck.glb" and ".preview.png" in pictures[0]["src"], pictures
+
+
+@SQLITE
+def test_the_viewer_frames_a_tall_thin_model_whole(live_server_factory, open_page, tmp_path: Path, backend) -> None:  # noqa: ANN001, F811
+    """Point 8: a pole four times as tall as the photo is wide was cut off at the top and the
+    bottom of the viewer (Gradio's viewer frames by width); now it fits, at both widths."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from tests.test_browser import wait_rendered
+
+    photo = Image.new("RGB", (400, 800), (245, 245, 240))
+    ImageDraw.Draw(photo).rectangle((180, 40, 220, 760), fill=(200, 40, 40))
+    pole = tmp_path / "pole.png"
+    photo.save(pole)
+    server = live_server_factory(fal_key="")
+    for device, (width, height) in SIZES.items():
+        page = open_page(server, width=width, height=height)
+        page.set_input_files("#images input[type=file]", [str(pole)])
+        wait_for(page, lambda: page.locator("#thumbs img").count() == 1, 15, "a thumbnail")
+        page.click("#generate")
+        wait_states(page, {"Done"}, 1)
+        wait_rendered(page, f"ux-08-tall-model-{device}")
+        page.wait_for_timeout(1000)  # the camera settles after the model loads
+        canvas = np.asarray(Image.open(io.BytesIO(page.locator("#viewer canvas").first.screenshot())).convert("RGB"))
+        red_rows = np.where(((canvas[..., 0].astype(int) - canvas[..., 1]) > 60).any(axis=1))[0]
+        assert len(red_rows) > canvas.shape[0] // 3, "the pole is too small to see"
+        assert red_rows.min() > 2 and red_rows.max() < canvas.shape[0] - 3, (device, red_rows.min(), red_rows.max())
+        shot(page, f"ux-08-tall-model-page-{device}")

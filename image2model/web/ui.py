@@ -26,7 +26,7 @@ from image2model.providers.local import CPU_COUNT
 from image2model.runtime import Runtime
 from image2model.web.security import ApiSecurity
 from image2model.web.ui_api import follow_job, register_api
-from image2model.web.ui_files import export_model, export_zip, uploads_from
+from image2model.web.ui_files import export_model, export_zip, gallery_picture, uploads_from
 from image2model.web.ui_form import (
     FAL_HINT,
     MODE_CHOICES,
@@ -52,9 +52,9 @@ from image2model.web.ui_view import (
     notice_html,
     preview_file,
     progress_html,
-    result_choices,
     stats_text,
     table_rows,
+    viewer_camera,
 )
 
 __all__ = ["UI_CSS", "UI_HEAD", "UI_THEME", "build_ui"]
@@ -217,7 +217,10 @@ class Page:
                                   column_widths=TABLE_WIDTHS,
                                   label="Images", elem_id="items", max_height=320)
         self.viewer = gr.Model3D(label="3D model", elem_id="viewer", height=420, clear_color=(0.94, 0.95, 0.96, 1.0))
-        self.result_pick = gr.Dropdown([], label="Show result", elem_id="result-pick", interactive=True)
+        # every finished model at a glance; a click shows it in the viewer above
+        self.results = gr.Gallery([], label="Your models: click one to look at it", show_label=False, columns=5,
+                                  height=200, object_fit="contain", allow_preview=False, interactive=False,
+                                  buttons=[], elem_id="results")
         with gr.Row(equal_height=False):
             # the offline model's cut-out ("what the model saw"), or the model's own preview picture
             self.seen = gr.Image(label=SEEN_LABEL, show_label=False, elem_id="seen", height=140, width=140,
@@ -266,10 +269,10 @@ class Page:
                           [self.mode, self.model_line, self.seed_row, self.seed, *self.form.groups.values(),
                            *self.form.inputs], concurrency_limit=None, show_progress="hidden", **PRIVATE)
         self.cancel_btn.click(self.cancel, [self.job_box], [self.notice], concurrency_limit=None, **PRIVATE)
-        self.result_pick.input(self.show_result, [self.job_box, self.result_pick],
-                               [self.viewer, self.stats, self.seen, self.glb_btn, self.notice, self.view_state],
-                               concurrency_limit=None, **PRIVATE)
-        self.convert_btn.click(self.export, [self.job_box, self.result_pick, self.fmt],
+        self.results.select(self.show_result, [self.job_box],
+                            [self.viewer, self.stats, self.seen, self.glb_btn, self.notice, self.view_state],
+                            concurrency_limit=None, **PRIVATE)
+        self.convert_btn.click(self.export, [self.job_box, self.view_state, self.fmt],
                                [self.export_file, self.notice], concurrency_limit=2, **PRIVATE).success(
             None, None, None, js=DOWNLOAD_NOW_JS, **PRIVATE)
         self.zip_btn.click(self.export_all, [self.job_box], [self.export_file, self.notice], concurrency_limit=2,
@@ -280,7 +283,7 @@ class Page:
         the box, not off each button's event chain: a double click on Generate sends two
         starts at once, and Gradio 6.31 then dropped the chains of both (no watcher at all).
         A new watcher replaces the tab's old one, which stops at its next update."""
-        watch_outputs = [self.progress, self.table, self.viewer, self.result_pick, self.stats, self.seen, self.glb_btn,
+        watch_outputs = [self.progress, self.table, self.viewer, self.results, self.stats, self.seen, self.glb_btn,
                          self.cancel_btn, self.generate_btn, self.zip_btn, self.convert_btn, self.export_file, self.notice,
                          self.view_state]
         self.job_box.change(None, [self.job_box], None, js=SET_URL_JS, **PRIVATE).then(
@@ -444,15 +447,16 @@ class Page:
                 picked: dict[str, Any] = {}
                 if not resume:
                     update.update(self.clear_results(job_id))
-                    resume, picked = True, {"value": None}
+                    resume = True
                 done = finished_items(status)
                 if shown is None and done:
                     shown = done[0]["index"]
                     update.update(self.show_item(job_id, done[0]))
-                    picked = {"value": shown}
+                    picked = {"selected_index": 0}
                 if len(done) != offered:
                     offered = len(done)
-                    update[self.result_pick] = gr.update(choices=result_choices(status), **picked)
+                    pictures = await asyncio.to_thread(self.gallery, job_id, done)
+                    update[self.results] = gr.update(value=pictures, **picked)
                     update[self.zip_btn] = gr.update(interactive=bool(done))
                     update[self.convert_btn] = gr.update(interactive=bool(done))
                 yield update
@@ -486,9 +490,15 @@ class Page:
         parallel = CPU_COUNT if spec.provider == "local" else self.settings.workers
         return spec.typical_seconds, parallel
 
+    def gallery(self, job_id: str, done: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """(picture, model file name) of each finished item; rendering a thumbnail takes a
+        few tens of milliseconds, once per model."""
+        return [(str(gallery_picture(self.runtime.files, job_id, item)), model_file(item)["name"])  # type: ignore[index]
+                for item in done]
+
     def clear_results(self, job_id: str) -> dict[Any, Any]:
         """Another job: forget the last one's viewer, picks and downloads."""
-        return {self.viewer: None, self.stats: "", self.seen: gr.update(value=None, visible=False),
+        return {self.viewer: None, self.stats: "", self.results: gr.update(value=[], selected_index=None), self.seen: gr.update(value=None, visible=False),
                 self.glb_btn: gr.update(value=None, interactive=False),
                 self.export_file: None,
                 self.view_state: {"job": job_id, "index": None}}
@@ -500,17 +510,21 @@ class Page:
         seen = (gr.update(value=str(self.runtime.files.result_path(job_id, preview["name"])), visible=True,
                           label=SEEN_LABEL if cutout else "Preview")
                 if preview else gr.update(value=None, visible=False))
-        return {self.viewer: path, self.stats: stats_text(item) + (SEEN_NOTE if cutout else ""), self.seen: seen,
+        return {self.viewer: gr.update(value=path, camera_position=viewer_camera(item)),
+                self.stats: stats_text(item) + (SEEN_NOTE if cutout else ""), self.seen: seen,
                 self.glb_btn: gr.update(value=path, interactive=True),
                 self.view_state: {"job": job_id, "index": item["index"]}}
 
     # --- results ------------------------------------------------------------------------------
-    def show_result(self, job_id: str, index: Any) -> dict[Any, Any]:
+    def show_result(self, job_id: str, chosen: gr.SelectData) -> dict[Any, Any]:
+        """The model clicked in the gallery, found by its file name (the caption): positions
+        move when an earlier photo finishes after a later one."""
+        caption = (chosen.value or {}).get("caption") if isinstance(chosen.value, dict) else None
         try:
             status = self.service.status(self.service.get(job_id))
-            item = next(i for i in finished_items(status) if i["index"] == int(index))
+            item = next(i for i in finished_items(status) if model_file(i)["name"] == caption)  # type: ignore[index]
             return self.show_item(job_id, item)
-        except (StopIteration, TypeError, ValueError, OverflowError):  # int() of nan, inf, "²"
+        except StopIteration:
             return {self.notice: note("That model is not ready yet.")}
         except Exception as exc:  # noqa: BLE001
             return {self.notice: note(friendly(exc))}
@@ -526,8 +540,9 @@ class Page:
             return note("The job had already finished; its results are kept.", "info")
         return note("Cancelling: images that are waiting will not start, running ones stop.", "info")
 
-    def export(self, job_id: str, index: Any, chosen_fmt: str) -> dict[Any, Any]:
+    def export(self, job_id: str, viewing: dict[str, Any] | None, chosen_fmt: str) -> dict[Any, Any]:
         """The shown model in another format, made now (and kept for the next download)."""
+        index = viewing.get("index") if isinstance(viewing, dict) and viewing.get("job") == job_id else None
         try:
             if index is None:
                 raise AppError("file_not_found", "Pick a finished model first.", 404)

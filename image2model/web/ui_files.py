@@ -17,8 +17,11 @@ from image2model.jobs.service import JobService, Upload
 from image2model.media.archive import write_zip
 from image2model.media.images import image_extension
 from image2model.media.meshes import convert
+from image2model.media.render import render_thumbnail
 from image2model.storage import FileStore, safe_name
 
+
+THUMBNAIL_SIDE = 256  # pixels of a rendered results-gallery picture
 
 # Base names that say nothing: @gradio/client uploads a Blob or Buffer as "blob".
 PLACEHOLDER_NAMES = {"blob", "unknown"}
@@ -79,6 +82,21 @@ def export_model(service: JobService, files: FileStore, job_id: str, index: int,
     if not _fresh(target, source):
         data, _, _ = convert(source, fmt)
         files.write_atomic(target, [data])
+    return target
+
+
+def gallery_picture(files: FileStore, job_id: str, item: dict[str, Any]) -> Path:
+    """The picture of a finished item in the results gallery: the model's own preview when a
+    hosted model made one, else a thumbnail rendered from the GLB (made once, kept with the
+    job's exports). The offline model's preview is its cut-out, not a view of the model."""
+    preview = next((f for f in item.get("files") or [] if f["kind"] == "preview"), None)
+    if preview is not None and "mask_source" not in (item.get("stats") or {}):
+        return files.result_path(job_id, preview["name"])
+    model = next(f for f in item["files"] if f["kind"] == "model")
+    source = files.result_path(job_id, model["name"])
+    target = exports_dir(files, job_id) / safe_name(f"{source.stem}.thumbnail.png")
+    if not _fresh(target, source):
+        files.write_atomic(target, [render_thumbnail(source, THUMBNAIL_SIDE)])
     return target
 
 

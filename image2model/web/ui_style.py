@@ -88,5 +88,10 @@ UI_CSS = """
   #items th, #items td { padding: 6px 3px !important; }
   #items th span { white-space: normal; overflow: visible !important; text-overflow: clip !important; }
   #items th, #items th * { overflow-wrap: normal !important; }  /* "Time", never "Tim e" */
+  /* short words stay whole ("100%", "Working"); only a long file name breaks */
+  #items [role=gridcell]:not([data-col="0"]), #items [role=gridcell]:not([data-col="0"]) * {
+    overflow-wrap: normal !important; word-break: normal !important; }
+  #items [role=gridcell], #items .cell-wrap { padding-left: 1px !important; padding-right: 1px !important; }
+  #items th, #items td, #items th *, #items td *, #items [role=gridcell] * { font-size: 11px !important; }
 }
 """

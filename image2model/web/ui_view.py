@@ -7,6 +7,7 @@ report, and these can be tested without a browser.
 from __future__ import annotations
 
 import html
+import math
 import logging
 from typing import Any
 
@@ -17,10 +18,12 @@ from image2model.units import size_text
 
 log = logging.getLogger(__name__)
 
+VIEWER_HALF_FOV = 0.4  # radians: half the vertical field of view of Gradio's (Babylon) viewer
+FRAMING_MARGIN = 1.1
 TABLE_HEADERS = ["Image", "State", "%", "Message", "Time"]
 # Shares of the table's width: the message gets the most, and with wrapping every column
 # stays on a phone's screen (the fixed widths Gradio picks by itself cut off the last two).
-TABLE_WIDTHS = ["22%", "17%", "10%", "35%", "16%"]
+TABLE_WIDTHS = ["19%", "18%", "12%", "37%", "14%"]
 STATE_WORDS = {"queued": "Waiting", "running": "Working", "succeeded": "Done", "failed": "Failed",
                "cancelled": "Cancelled"}
 JOB_WORDS = {"queued": "Waiting for a worker", "running": "Working", "succeeded": "Finished",
@@ -126,8 +129,16 @@ def preview_file(item: dict[str, Any]) -> dict[str, Any] | None:
     return next((f for f in item.get("files") or [] if f["kind"] == "preview"), None)
 
 
-def result_choices(status: dict[str, Any] | None) -> list[tuple[str, int]]:
-    return [(model_file(item)["name"], item["index"]) for item in finished_items(status)]  # type: ignore[index]
+def viewer_camera(item: dict[str, Any]) -> tuple[None, None, float | None]:
+    """The viewer's camera (alpha, beta, radius) for this model: far enough back that its
+    bounding sphere fits the view's height. Gradio's viewer frames a model by its width, so
+    a tall, thin one (a bottle, a lamp) was cut off at the top and bottom. Angles are left
+    to the viewer."""
+    extents = (item.get("stats") or {}).get("extents")
+    if not extents:
+        return None, None, None
+    radius = 0.5 * math.sqrt(sum(float(e) ** 2 for e in extents))
+    return None, None, round(FRAMING_MARGIN * radius / math.sin(VIEWER_HALF_FOV), 4) or None
 
 
 def stats_text(item: dict[str, Any] | None) -> str:
