@@ -444,3 +444,43 @@ def test_the_viewer_frames_a_tall_thin_model_whole(live_server_factory, open_pag
         assert len(red_rows) > canvas.shape[0] // 3, "the pole is too small to see"
         assert red_rows.min() > 2 and red_rows.max() < canvas.shape[0] - 3, (device, red_rows.min(), red_rows.max())
         shot(page, f"ux-08-tall-model-page-{device}")
+
+
+README_SHOTS = {"laptop": "docs/page-laptop.png", "phone": "docs/page-phone.png"}
+
+
+@SQLITE
+def test_the_readme_screenshots_are_of_this_page(live_server_factory, open_page, backend) -> None:  # noqa: ANN001, F811
+    """The README shows the page at both widths. This takes those pictures afresh (into
+    tests/artifacts/browser/readme-*.png; copy them to docs/ when the page changes) and checks
+    the README shows the committed ones."""
+    from PIL import Image
+
+    from image2model.examples import EXAMPLES
+    from tests.test_browser import wait_rendered
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    server = live_server_factory(fal_key="")
+    photos = [p for e in EXAMPLES[:4] for p in e.paths]  # the coffee photo, duck, mug, vase
+    for device, (width, height) in SIZES.items():
+        page = open_page(server, width=width, height=height)
+        if device == "laptop":
+            page.set_input_files("#images input[type=file]", photos)
+            wait_for(page, lambda: page.locator("#thumbs img").count() == len(photos), 15, "the thumbnails")
+            page.click("#generate")
+            job = job_id_in_url(page)
+        else:
+            page.goto(f"{server.url}/?job={job}")
+        wait_states(page, {"Done"}, len(photos), timeout=60)
+        wait_for(page, lambda: len(gallery_pictures(page)) == len(photos) and all(
+            p["width"] for p in gallery_pictures(page)), 15, "the results gallery")
+        wait_rendered(page, f"readme-viewer-{device}")
+        page.wait_for_timeout(1000)
+        # the highlighted picture is the model in the viewer, whichever photo finished first
+        chosen = page.locator("#results button.selected")
+        assert chosen.count() == 1 and chosen.inner_text().strip() in page.locator("#stats").inner_text()
+        shot(page, f"readme-{device}")
+        assert f"]({README_SHOTS[device]})" in readme, f"the README does not show {README_SHOTS[device]}"
+        committed = Image.open(root / README_SHOTS[device])
+        assert committed.width == width, (README_SHOTS[device], committed.size)

@@ -148,6 +148,7 @@ class Page:
         self.specs = available_models(self.settings, own_key=True)  # a pasted key offers the FAL models
         self.latest: dict[str, object] = {}  # session -> token of its newest watcher; older ones stop
         self.session_jobs: dict[str, str] = {}  # session -> the job it started last
+        self.clicked: dict[str, int] = {}  # session -> item picked in the gallery while its watcher runs
         self.starting = threading.Lock()  # a double click's two starts must not both create a job
 
     def build(self) -> gr.Blocks:
@@ -444,7 +445,6 @@ class Page:
                 if self.latest.get(session) is not token:
                     return
                 update = self.refresh(status)
-                picked: dict[str, Any] = {}
                 if not resume:
                     update.update(self.clear_results(job_id))
                     resume = True
@@ -452,10 +452,12 @@ class Page:
                 if shown is None and done:
                     shown = done[0]["index"]
                     update.update(self.show_item(job_id, done[0]))
-                    picked = {"selected_index": 0}
                 if len(done) != offered:
                     offered = len(done)
                     pictures = await asyncio.to_thread(self.gallery, job_id, done)
+                    # the highlight follows the model in the viewer, wherever new ones come in
+                    in_view = self.clicked.get(session, shown)
+                    picked = {"selected_index": next((n for n, i in enumerate(done) if i["index"] == in_view), None)}
                     update[self.results] = gr.update(value=pictures, **picked)
                     update[self.zip_btn] = gr.update(interactive=bool(done))
                     update[self.convert_btn] = gr.update(interactive=bool(done))
@@ -471,6 +473,7 @@ class Page:
         finally:
             if self.latest.get(session) is token:
                 del self.latest[session]
+                self.clicked.pop(session, None)
 
     def refresh(self, status: dict[str, Any]) -> dict[Any, Any]:
         """What changes on every status: the bar, the table, whether Cancel makes sense."""
@@ -516,13 +519,16 @@ class Page:
                 self.view_state: {"job": job_id, "index": item["index"]}}
 
     # --- results ------------------------------------------------------------------------------
-    def show_result(self, job_id: str, chosen: gr.SelectData) -> dict[Any, Any]:
+    def show_result(self, job_id: str, chosen: gr.SelectData, request: gr.Request) -> dict[Any, Any]:
         """The model clicked in the gallery, found by its file name (the caption): positions
         move when an earlier photo finishes after a later one."""
         caption = (chosen.value or {}).get("caption") if isinstance(chosen.value, dict) else None
         try:
             status = self.service.status(self.service.get(job_id))
             item = next(i for i in finished_items(status) if model_file(i)["name"] == caption)  # type: ignore[index]
+            session = getattr(request, "session_hash", None) or ""
+            if session in self.latest:  # the running watcher keeps the highlight on it
+                self.clicked[session] = item["index"]
             return self.show_item(job_id, item)
         except StopIteration:
             return {self.notice: note("That model is not ready yet.")}

@@ -81,7 +81,7 @@ UI_CSS = """
 #mode label:has(input:disabled) { cursor: not-allowed; }
 @media (max-width: 640px) {
   .gradio-container { padding: 6px !important; }
-  #examples { height: 96px !important; }
+  #examples { height: 110px !important; }
   /* the viewer fits the model to its height; a tall, narrow canvas cuts off wide models */
   #viewer { height: 300px !important; }
   #items th, #items td, #items th *, #items td * { font-size: 12px !important; }
