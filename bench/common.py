@@ -100,11 +100,11 @@ class ConsumerProcess:
         self._wait_ready(redis_url, workers)
 
     def _wait_ready(self, redis_url: str, workers: int, timeout: float = 60.0) -> None:
-        """Idle huey workers block in BRPOP on the queue: wait until this many more do."""
+        """Idle huey workers block in BZPOPMIN on the queue: wait until this many more do."""
         import redis
 
         client = redis.Redis.from_url(redis_url)
-        waiting = lambda: sum(1 for c in client.client_list() if c.get("cmd") == "brpop")  # noqa: E731
+        waiting = lambda: sum(1 for c in client.client_list() if c.get("cmd") == "bzpopmin")  # noqa: E731
         before = waiting()
         deadline = time.monotonic() + timeout
         while waiting() < before + workers:

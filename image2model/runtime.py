@@ -20,7 +20,7 @@ from image2model.sealing import Sealer, server_secret
 from image2model.storage import FileStore
 from image2model.worker.consumer import InProcessConsumer, start_embedded_consumer, stop_embedded_consumer
 from image2model.worker.housekeeping import Housekeeper
-from image2model.worker.queue import make_huey, pending_item_tasks
+from image2model.worker.queue import item_priority, make_huey, pending_item_tasks
 from image2model.worker.runner import ItemRunner
 from image2model.worker.tasks import Tasks, register_tasks
 
@@ -61,7 +61,7 @@ class Runtime:
         self._metrics_served = False
 
     def enqueue(self, job_id: str, index: int) -> None:
-        self.tasks.run_item(job_id, index)
+        self.tasks.run_item(job_id, index, priority=item_priority(index))
 
     @cached_property
     def secret(self) -> bytes:
