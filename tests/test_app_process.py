@@ -64,3 +64,17 @@ def test_app_serves_page_and_api_then_sigterm_hands_items_back(fake_fal, tmp_pat
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
         observer.close()
+
+
+def test_the_web_process_loads_no_mesh_or_vision_library_until_it_needs_one() -> None:
+    """trimesh with SciPy (~58 MB) and OpenCV (~15 MB) load on a model's first conversion or
+    offline run, not when the app starts: 1,000 open streams stay under P3's 300 MB."""
+    import tempfile
+
+    probe = ("import sys, app; app.create_app(); "
+             "print(sorted(m for m in ('trimesh', 'cv2', 'scipy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent,
+                          env={**os.environ, "DATA_DIR": str(Path(tempfile.mkdtemp()) / "data"), "FAL_KEY": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout

@@ -100,6 +100,8 @@ REFUSALS = [
      ["'pdf-inside.jpg'"]),
     ("cut.jpg", encode(noisy(), "JPEG")[:6000], 400, "corrupt_image", ["'cut.jpg'", "damaged"]),
     ("cut.png", encode(noisy(), "PNG")[:9000], 400, "corrupt_image", ["'cut.png'"]),
+    # damaged inside its pixel data: found by the chunk checksums, without decoding the pixels
+    ("damaged.png", flipped(encode(noisy(), "PNG"), 5000, 4), 400, "corrupt_image", ["'damaged.png'"]),
     ("empty.png", b"", 400, "empty_file", ["'empty.png'", "0 bytes"]),
     ("broken.avif", flipped(encode(picture(), "AVIF"), -21, 8), 400, "corrupt_image", ["'broken.avif'"]),
     ("bomb.png", bomb_png(), 413, "image_too_large", ["'bomb.png'", "megapixels"]),

@@ -5,16 +5,19 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
-from typing import Any
-
-import trimesh
+from typing import TYPE_CHECKING, Any
 
 from image2model.errors import AppError
+
+if TYPE_CHECKING:  # trimesh (and SciPy under it) is about 58 MB of RSS, loaded on first use
+    import trimesh
 
 CONVERSIONS = {"obj": "application/zip", "stl": "model/stl", "ply": "application/x-ply"}
 
 
 def load_scene(path: Path) -> trimesh.Scene:
+    import trimesh
+
     try:
         loaded = trimesh.load(str(path), file_type=path.suffix.lstrip(".") or "glb", force="scene")
     except Exception as exc:  # noqa: BLE001 - any parse failure means "not a usable model"
@@ -24,6 +27,8 @@ def load_scene(path: Path) -> trimesh.Scene:
 
 def mesh_stats(path: Path) -> dict[str, Any]:
     """Vertices, faces and bounds; AppError `invalid_model` when the file holds no mesh."""
+    import trimesh
+
     scene = load_scene(path)
     meshes = [g for g in scene.geometry.values() if isinstance(g, trimesh.Trimesh)]
     vertices = sum(len(m.vertices) for m in meshes)
@@ -45,6 +50,8 @@ def convert(path: Path, fmt: str) -> tuple[bytes, str, str]:
 
     OBJ is a ZIP of the .obj with its .mtl and texture images, since an OBJ alone loses them.
     """
+    import trimesh
+
     fmt = fmt.lower()
     if fmt not in CONVERSIONS:
         raise AppError("unsupported_format", f"Cannot convert to '{fmt}'. Choose obj, stl or ply.", 400)

@@ -9,14 +9,18 @@ supersampling for smooth edges. It is meant for thumbnails, not for faithful ren
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import io
 import math
 import os
 from collections.abc import Iterator
 
 import numpy as np
-import trimesh
 from PIL import Image
+
+if TYPE_CHECKING:  # trimesh (and SciPy under it) is about 58 MB of RSS, loaded on first use
+    import trimesh
 
 # Camera: it sits front (+Z, the glTF front), left (-X) and above (+Y) the model.
 YAW_DEGREES = 33.0
@@ -60,6 +64,8 @@ def render_thumbnail(
 
 def _load(glb: bytes | str | os.PathLike) -> trimesh.Scene:
     """The GLB as a trimesh Scene; ValueError when it cannot be read."""
+    import trimesh
+
     source = io.BytesIO(bytes(glb)) if isinstance(glb, (bytes, bytearray, memoryview)) else os.fspath(glb)
     try:
         scene = trimesh.load(source, file_type="glb", force="scene")
@@ -72,6 +78,8 @@ def _load(glb: bytes | str | os.PathLike) -> trimesh.Scene:
 
 def _world_triangles(scene: trimesh.Scene) -> tuple[np.ndarray, np.ndarray]:
     """All triangles in world space, shape (F, 3, 3), and their unshaded RGB colours (F, 3)."""
+    import trimesh
+
     triangles: list[np.ndarray] = []
     colours: list[np.ndarray] = []
     for node in scene.graph.nodes_geometry:
@@ -94,6 +102,8 @@ def _world_triangles(scene: trimesh.Scene) -> tuple[np.ndarray, np.ndarray]:
 
 def _face_colours(mesh: trimesh.Trimesh) -> np.ndarray:
     """One RGB colour (0-255 floats) per face: texture, else vertex colours, else material, else grey."""
+    import trimesh
+
     count = len(mesh.faces)
     visual = mesh.visual
     kind = getattr(visual, "kind", None)

@@ -12,7 +12,6 @@ import time
 
 from image2model.memory import release_free_memory
 from image2model.providers.base import WAITING_FOR_CPU, ItemRun, ProviderOutput
-from image2model.providers.relief import generate_relief, load_image
 
 # What the item says when no object could be separated (mask_source "full_frame").
 NOTHING_STOOD_OUT = ("Nothing stood out from the background, so the whole photo became a flat plate. "
@@ -30,6 +29,11 @@ class LocalReliefProvider:
         while not CPU_SLOTS.acquire(timeout=0.5):
             item.check_stop()
         try:
+            # here, not at the top: the generator loads OpenCV and SciPy, which a web process
+            # that only lists this model never needs (see providers/relief/__init__.py)
+            from image2model.providers.relief.loading import load_image
+            from image2model.providers.relief.pipeline import generate_relief
+
             started = time.monotonic()
             item.check_stop()
             image = load_image(item.inputs[0])
