@@ -421,27 +421,28 @@ def test_deleting_a_running_job_leaves_no_files_and_no_crash(runtime_factory, tm
     runtime = runtime_factory(fal_key="", start_consumer=False)
     job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]))
     runner = runtime.runner
+    # the offline provider imports these on each run (not at the top), so patching them here reaches it
     if moment == "before_inputs_are_read":
-        import image2model.providers.local as local
+        import image2model.providers.relief.loading as loading
 
-        original = local.load_image
+        original = loading.load_image
 
         def racing(path):  # noqa: ANN001, ANN202
             runtime.service.delete(job.id)
             return original(path)
 
-        monkeypatch.setattr(local, "load_image", racing)
+        monkeypatch.setattr(loading, "load_image", racing)
     else:
-        import image2model.providers.local as local
+        import image2model.providers.relief.pipeline as pipeline
 
-        original_generate = local.generate_relief
+        original_generate = pipeline.generate_relief
 
         def generate_then_delete(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             result = original_generate(*args, **kwargs)
             runtime.service.delete(job.id)  # the model file is written after this
             return result
 
-        monkeypatch.setattr(local, "generate_relief", generate_then_delete)
+        monkeypatch.setattr(pipeline, "generate_relief", generate_then_delete)
     with caplog.at_level(logging.INFO):
         runner.run(job.id, 0)
     assert not runtime.files.job_dir(job.id).exists()
