@@ -24,7 +24,7 @@ from image2model.web.access_log import AccessLog
 from image2model.web.admin import ADMIN_PATH, mount_admin
 from image2model.web.api import build_api
 from image2model.web.mcp_tools import LoopbackToSelf, repair_mcp_server
-from image2model.web.ui import UI_CSS, UI_HEAD, UI_THEME, build_ui
+from image2model.web.ui import UI_CSS, UI_HEAD, UI_THEME, build_ui, upload_ceiling
 
 log = logging.getLogger("image2model.app")
 
@@ -57,7 +57,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     gr.mount_gradio_app(
         app, blocks, path="/",
         allowed_paths=[str(runtime.files.root)],
-        max_file_size=gradio_upload_ceiling(settings.max_image_mb),
+        max_file_size=upload_ceiling(settings.max_image_mb),
         theme=UI_THEME, css=UI_CSS, head=UI_HEAD,
         footer_links=["api"],
         show_error=True,
@@ -70,14 +70,6 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     if settings.access_log != "off":  # added last, so it is the outermost layer and sees every answer
         app.add_middleware(AccessLog, errors_only=settings.access_log == "errors")
     return app
-
-
-def gradio_upload_ceiling(max_image_mb: float) -> int:
-    """Bytes Gradio's upload route takes per file: well above MAX_IMAGE_MB, so that a photo a
-    little too big reaches the job service, whose note says so in words and leaves the rest
-    of the batch alone (Gradio refuses the whole drop with a toast that fades); still a
-    ceiling, so no upload can fill the disk."""
-    return int(4 * max_image_mb * 1024 * 1024)
 
 
 def check_file_paths(blocks: gr.Blocks) -> None:

@@ -57,7 +57,7 @@ from image2model.web.ui_view import (
     viewer_camera,
 )
 
-__all__ = ["UI_CSS", "UI_HEAD", "UI_THEME", "build_ui"]
+__all__ = ["UI_CSS", "UI_HEAD", "UI_THEME", "build_ui", "upload_ceiling"]
 
 WATCH_EVERY = 0.75  # seconds between refreshes of elapsed times while nothing else changes
 NOT_FOUND = "That job was not found; it may have expired."
@@ -101,6 +101,13 @@ def note(message: str, kind: str = "error") -> dict[str, Any]:
 
 LEAVE_OUT = "Leave out the ones that cannot be used"
 STILL_RUNNING = "This tab's job is still running: wait for it, or press Cancel first."
+
+
+def upload_ceiling(max_image_mb: float) -> int:
+    """Bytes the upload box takes per file: well above MAX_IMAGE_MB, so a photo a little too
+    big reaches the job service, whose note says so in words; still a ceiling, so no upload
+    fills the disk (above it the page leaves the file out itself, see UPLOAD_REFUSED_JS)."""
+    return int(4 * max_image_mb * 1024 * 1024)
 
 
 def refused(message: str) -> list[Any]:
@@ -182,7 +189,8 @@ class Page:
                                  visible=False, elem_id="thumbs")
         self.upload_note = gr.HTML(elem_id="upload-note", visible=False)
         limit = html.escape(f"{self.settings.max_image_mb:g} MB")  # UPLOAD_REFUSED_JS fills this in
-        gr.HTML(f'<div class="i2m-refused" role="alert" data-limit="{limit}" hidden></div>', elem_id="upload-refused",
+        gr.HTML(f'<div class="i2m-refused" role="alert" data-limit="{limit}" '
+                f'data-ceiling="{upload_ceiling(self.settings.max_image_mb)}" hidden></div>', elem_id="upload-refused",
                 padding=False)
         self.leave_out = gr.Button(LEAVE_OUT, elem_id="leave-out", visible=False, size="sm")
         # allow_custom_value: Gradio checks a value against the choices the page was built with,
@@ -250,7 +258,8 @@ class Page:
         self.generate_btn.click(self.start, start_inputs, start_outputs, concurrency_limit=None,
                                 show_progress="minimal",
                                 validator=count_validator(self.settings.max_images, len(start_inputs)), **PRIVATE)
-        self.examples.select(self.pick_example, None, [self.files], concurrency_limit=None, show_progress="hidden",
+        self.examples.select(self.pick_example, None, [self.files, self.notice], concurrency_limit=None,
+                             show_progress="hidden",
                              **PRIVATE).then(self.start_example, [self.files, self.recent],
                                              [self.model, *start_outputs], concurrency_limit=None,
                                              show_progress="minimal", **PRIVATE)
@@ -295,12 +304,18 @@ class Page:
     def show_uploads(self, chosen: list[str] | None) -> tuple[Any, Any, Any, Any]:
         """Thumbnails with names, and what is wrong with the photos, said at once, with a
         button that leaves out what cannot be used (when something can)."""
-        usable, problems = self.service.sort_uploads(uploads_from(chosen))
+        uploads = uploads_from(chosen)
+        usable, problems = self.service.sort_uploads(uploads)
+        limit = self.settings.max_images
+        label = LEAVE_OUT
+        if len(uploads) > limit:  # the service's count message speaks to API callers ("you sent")
+            problems[0] = f"You added {len(uploads)} photos; the limit is {limit} per job."
+            label = f"Keep the first {limit} photos" if len(problems) == 1 else f"{LEAVE_OUT}, and keep the first {limit}"
         # only what is readable gets a thumbnail: a broken picture says less than the note
         gallery = [(str(browser_preview(u.path)), u.name) for u in usable]
         # a notice about the previous photos would now be out of date
         return (gr.update(value=gallery or None, visible=bool(gallery)), note(" ".join(problems)), note(""),
-                gr.update(visible=bool(problems and usable)))
+                gr.update(visible=bool(problems and usable), value=label))
 
     def keep_usable(self, chosen: list[str] | None) -> Any:
         """The upload box with only the photos a job can take (the first max_images readable ones)."""
@@ -369,10 +384,15 @@ class Page:
         except Exception:  # noqa: BLE001 - an expired or unknown job is not running
             return False
 
-    @staticmethod
-    def pick_example(chosen: gr.SelectData) -> list[str]:
-        """The example's photos in the upload box, as if the person had added them."""
-        return EXAMPLES[chosen.index].paths
+    async def pick_example(self, chosen: gr.SelectData, request: gr.Request) -> tuple[Any, Any]:
+        """The example's photos in the upload box, as if the person had added them; when this
+        visitor may not start a job now, the box keeps what it had (matching the results shown)
+        and the notice says why (start_example, next, says it again and starts nothing)."""
+        try:
+            await self.security.may_start(request)
+        except AppError as exc:
+            return gr.skip(), note(exc.message)
+        return EXAMPLES[chosen.index].paths, gr.skip()
 
     async def start_example(self, chosen: list[str] | None, stored: Any, request: gr.Request) -> list[Any]:
         """Examples always run on the offline model with its defaults."""

@@ -20,9 +20,8 @@ from image2model.jobs.service import get_default_model_id
 
 MODE_CHOICES = [("One model per image", Mode.PER_IMAGE.value),
                 ("One model from several views", Mode.MULTI_VIEW.value)]
-FAL_HINT = ("FAL.AI models (TRELLIS, Hunyuan3D, Tripo, Rodin and more) appear here when you paste your own "
-            "FAL.AI key under **Your own FAL.AI key**, or when the server has one (`FAL_KEY` in its "
-            "environment, a *secret* on a Hugging Face Space).")
+FAL_HINT = ("More models (TRELLIS, Hunyuan3D, Tripo, Rodin and others, which run on FAL.AI) appear here once "
+            "you paste your FAL.AI key under **Your own FAL.AI key**, or once whoever runs this site adds one.")
 OWN_KEY_INFO = ("Optional. FAL models then run on your FAL.AI account, not this server's, and its hourly limit "
                 "does not apply. Your key is kept sealed only while your job runs, and never shown.")
 

@@ -6,41 +6,66 @@ from __future__ import annotations
 import gradio as gr
 
 UI_THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="slate", neutral_hue="slate")
-# Above Gradio's own size ceiling (app.gradio_upload_ceiling) the browser refuses a whole drop
-# with a toast that fades and leaves a bare "Error" over the box. This says why where the
-# note under the photos goes, and clears the "Error" so the box takes photos again.
+# Gradio's upload box refuses a whole drop when one file is over its size ceiling
+# (ui.upload_ceiling), with a toast that fades and a bare "Error" over the box. So the files
+# over it are taken out of the drop before Gradio sees it, and said where the note under the
+# photos goes; the rest are added. Any other refusal of a drop is said there too, and the
+# "Error" cleared so the box takes photos again.
 UPLOAD_REFUSED_JS = """<script>
 (() => {
-  const TOO_BIG = /exceed the maximum allowed size of [^:]*: (.*)/;
-  function refused() {
-    const box = document.getElementById("images");
-    const error = box && box.querySelector(".error");
-    const target = document.querySelector("#upload-refused .i2m-refused");
-    if (!error || !target) return;
-    const toast = Array.from(document.querySelectorAll(".toast-body")).map(t => t.innerText).find(t => TOO_BIG.test(t));
-    const names = toast ? toast.match(TOO_BIG)[1].replace(/"/g, "'") : "";
-    const words = names
-      ? `Nothing was added: ${names} ${names.includes(",") ? "are" : "is"} far over the ${target.dataset.limit} a photo may have here. Add the other photos again without it.`
-      : "Those files could not be added. Please try again, or with fewer files at once.";
-    if (target.hidden || target.textContent !== words) {  // writing it is a mutation too: once
+  const notice = () => document.querySelector("#upload-refused .i2m-refused");
+  function say(words) {
+    const target = notice();
+    if (target && (target.hidden || target.textContent !== words)) {  // writing is a mutation too: once
       target.textContent = words;
       target.hidden = false;
     }
-    const clear = box.querySelector(".clear-status button");
-    if (clear && !clear.dataset.i2mClicked) {
-      clear.dataset.i2mClicked = "1";
-      clear.click();
-    }
   }
-  function fresh(event) {
-    if (event.target.closest && event.target.closest("#images")) {
-      const target = document.querySelector("#upload-refused .i2m-refused");
-      if (target) target.hidden = true;
-    }
+  function hide() { const target = notice(); if (target) target.hidden = true; }
+  function withoutHuge(files) {
+    const target = notice();
+    const ceiling = Number(target && target.dataset.ceiling) || Infinity;
+    const huge = files.filter(f => f.size > ceiling);
+    if (!huge.length) return null;
+    const kept = new DataTransfer();
+    files.filter(f => f.size <= ceiling).forEach(f => kept.items.add(f));
+    const names = huge.map(f => `'${f.name}'`).join(", ");
+    const many = huge.length > 1;
+    say(`${names} ${many ? "are" : "is"} far over the ${target.dataset.limit} a photo may have here, so ` +
+        `${many ? "they were" : "it was"} left out` + (kept.files.length ? "; the other photos were added." : "."));
+    return kept.files;
   }
-  document.addEventListener("change", fresh, true);
-  document.addEventListener("drop", fresh, true);
-  new MutationObserver(refused).observe(document.documentElement, {childList: true, subtree: true});
+  document.addEventListener("change", (event) => {
+    const input = event.target;
+    if (!(input instanceof HTMLInputElement) || input.type !== "file" || !input.closest("#images")) return;
+    if (input.dataset.i2mKept) { delete input.dataset.i2mKept; return; }  // our own, from a drop
+    const kept = withoutHuge(Array.from(input.files || []));
+    if (kept === null) { hide(); return; }
+    input.files = kept;
+    if (!kept.length) event.stopImmediatePropagation();
+  }, true);
+  document.addEventListener("drop", (event) => {
+    const box = event.target.closest && event.target.closest("#images");
+    if (!box || !event.dataTransfer) return;
+    const kept = withoutHuge(Array.from(event.dataTransfer.files || []));
+    if (kept === null) { hide(); return; }
+    event.preventDefault();
+    event.stopImmediatePropagation();
+    const input = box.querySelector("input[type=file]");
+    if (input && kept.length) {
+      input.files = kept;
+      input.dataset.i2mKept = "1";
+      input.dispatchEvent(new Event("change", {bubbles: true}));
+    }
+  }, true);
+  new MutationObserver(() => {  // any other refusal: say so, and clear the bare "Error"
+    const box = document.getElementById("images");
+    const clear = box && box.querySelector(".error") && box.querySelector(".clear-status button");
+    if (!clear || clear.dataset.i2mClicked) return;
+    say("Those files could not be added. Please try again, or with fewer files at once.");
+    clear.dataset.i2mClicked = "1";
+    clear.click();
+  }).observe(document.documentElement, {childList: true, subtree: true});
 })();
 </script>"""
 UI_HEAD = ('<meta name="description" content="Turn photos into 3D models you can look at and download.">'
@@ -74,6 +99,8 @@ UI_CSS = """
   overflow-wrap: break-word; }
 /* all five examples in one row, as wide as the column: none cut off or hidden past an edge */
 #examples .grid-container { grid-template-columns: repeat(5, minmax(0, 1fr)) !important; }
+/* the results too, or one model alone filled the gallery, cut off, as a giant close-up */
+#results .grid-container { grid-template-columns: repeat(5, minmax(0, 1fr)) !important; }
 #examples .caption-label, #thumbs .caption-label { font-size: 11px; padding: 0 4px; bottom: 2px; max-width: 92%; }
 #model input { text-overflow: ellipsis; padding-right: 28px; }
 /* a choice that cannot be made looks it (Gradio draws a disabled radio like an enabled one) */
@@ -82,6 +109,7 @@ UI_CSS = """
 @media (max-width: 640px) {
   .gradio-container { padding: 6px !important; }
   #examples { height: 110px !important; }
+  #results .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }
   /* the viewer fits the model to its height; a tall, narrow canvas cuts off wide models */
   #viewer { height: 300px !important; }
   #items th, #items td, #items th *, #items td * { font-size: 12px !important; }

@@ -83,6 +83,9 @@ def table_rows(status: dict[str, Any] | None, typical: float | None = None, para
             message = item_message(item) if item["message"] == NO_WORKER_MESSAGE else queue_words(waiting, typical, parallel)
             rows.append([item["name"], "Queued", "", message, ""])
             continue
+        if item["state"] == "cancelled":  # no share done nor time taken: it made nothing
+            rows.append([item["name"], STATE_WORDS["cancelled"], "", item_message(item), ""])
+            continue
         rows.append([item["name"], STATE_WORDS.get(item["state"], item["state"]), f"{item['progress']:.0f}%",
                      item_message(item), duration(item.get("elapsed"))])
     return rows
