@@ -482,11 +482,11 @@ class Page:
                     update[self.zip_btn] = gr.update(interactive=bool(done))
                     update[self.convert_btn] = gr.update(interactive=bool(done))
                 yield update
-            if self.viewer in update:
-                # Gradio repeats a generator's last update when it completes; a second identical
-                # Model3D value while its 3D code is still loading leaves the viewer blank (seen
-                # on 6.31 when re-attaching to a finished job), so end on another update.
-                yield {self.cancel_btn: gr.update(interactive=False)}
+            # Gradio repeats a generator's last update when it completes, so end on one that
+            # changes nothing: repeated, the finishing update cleared a notice shown since (a
+            # refused Generate), and a second identical Model3D value while its 3D code is still
+            # loading left the viewer blank (seen on 6.31 when re-attaching to a finished job).
+            yield {self.cancel_btn: gr.update(interactive=False)}
         except Exception as exc:  # noqa: BLE001
             yield {self.notice: note(friendly(exc)), self.cancel_btn: gr.update(interactive=False),
                    self.generate_btn: gr.update(interactive=True)}
