@@ -100,7 +100,7 @@ class ClientAddress:
             return False
         return any(ip in net for net in self.networks)
 
-    def __call__(self, request: Request | Any) -> str:
+    def __call__(self, request: Any) -> str:
         """The first untrusted hop, reading X-Forwarded-For right to left, when the direct
         peer is a trusted proxy; otherwise the direct peer. Takes a Starlette request or a
         gr.Request (whose headers may be a plain dict)."""

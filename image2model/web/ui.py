@@ -52,6 +52,7 @@ from image2model.web.ui_view import (
     notice_html,
     preview_file,
     progress_html,
+    shows_cutout,
     stats_text,
     table_rows,
     viewer_camera,
@@ -108,6 +109,11 @@ def upload_ceiling(max_image_mb: float) -> int:
     big reaches the job service, whose note says so in words; still a ceiling, so no upload
     fills the disk (above it the page leaves the file out itself, see UPLOAD_REFUSED_JS)."""
     return int(4 * max_image_mb * 1024 * 1024)
+
+
+def session_of(request: gr.Request | None) -> str:
+    """The browser tab's Gradio session ("" when there is none, as for API calls)."""
+    return getattr(request, "session_hash", None) or ""
 
 
 def refused(message: str) -> list[Any]:
@@ -346,7 +352,7 @@ class Page:
             options = options_for(spec, self.form, list(flat), seed_value, random_seed)
         except Exception as exc:  # noqa: BLE001 - shown in words, never as a traceback
             return refused(friendly(exc))
-        session = getattr(request, "session_hash", None) or ""
+        session = session_of(request)
         if await asyncio.to_thread(self.tab_busy, current_job, session):  # a double click is not counted
             return refused(STILL_RUNNING)
         try:
@@ -452,7 +458,7 @@ class Page:
         if not job_id:  # nothing to follow: leave any watcher this tab already has alone
             yield {self.progress: gr.skip()}
             return
-        session = getattr(request, "session_hash", None) or ""
+        session = session_of(request)
         token = object()
         self.latest[session] = token
         viewing = viewing if isinstance(viewing, dict) else {}
@@ -521,7 +527,8 @@ class Page:
 
     def clear_results(self, job_id: str) -> dict[Any, Any]:
         """Another job: forget the last one's viewer, picks and downloads."""
-        return {self.viewer: None, self.stats: "", self.results: gr.update(value=[], selected_index=None), self.seen: gr.update(value=None, visible=False),
+        return {self.viewer: None, self.stats: "", self.results: gr.update(value=[], selected_index=None),
+                self.seen: gr.update(value=None, visible=False),
                 self.glb_btn: gr.update(value=None, interactive=False),
                 self.export_file: None,
                 self.view_state: {"job": job_id, "index": None}}
@@ -529,7 +536,7 @@ class Page:
     def show_item(self, job_id: str, item: dict[str, Any]) -> dict[Any, Any]:
         path = str(self.runtime.files.result_path(job_id, model_file(item)["name"]))  # type: ignore[index]
         preview = preview_file(item)
-        cutout = preview is not None and "mask_source" in (item.get("stats") or {})  # the offline model's
+        cutout = shows_cutout(item)
         seen = (gr.update(value=str(self.runtime.files.result_path(job_id, preview["name"])), visible=True,
                           label=SEEN_LABEL if cutout else "Preview")
                 if preview else gr.update(value=None, visible=False))
@@ -546,7 +553,7 @@ class Page:
         try:
             status = self.service.status(self.service.get(job_id))
             item = next(i for i in finished_items(status) if model_file(i)["name"] == caption)  # type: ignore[index]
-            session = getattr(request, "session_hash", None) or ""
+            session = session_of(request)
             if session in self.latest:  # the running watcher keeps the highlight on it
                 self.clicked[session] = item["index"]
             return self.show_item(job_id, item)

@@ -19,6 +19,7 @@ from image2model.media.images import image_extension
 from image2model.media.meshes import convert
 from image2model.media.render import render_thumbnail
 from image2model.storage import FileStore, safe_name
+from image2model.web.ui_view import model_file, preview_file, shows_cutout
 
 
 THUMBNAIL_SIDE = 256  # pixels of a rendered results-gallery picture
@@ -89,11 +90,10 @@ def gallery_picture(files: FileStore, job_id: str, item: dict[str, Any]) -> Path
     """The picture of a finished item in the results gallery: the model's own preview when a
     hosted model made one, else a thumbnail rendered from the GLB (made once, kept with the
     job's exports). The offline model's preview is its cut-out, not a view of the model."""
-    preview = next((f for f in item.get("files") or [] if f["kind"] == "preview"), None)
-    if preview is not None and "mask_source" not in (item.get("stats") or {}):
+    preview = preview_file(item)
+    if preview is not None and not shows_cutout(item):
         return files.result_path(job_id, preview["name"])
-    model = next(f for f in item["files"] if f["kind"] == "model")
-    source = files.result_path(job_id, model["name"])
+    source = files.result_path(job_id, model_file(item)["name"])  # type: ignore[index]
     target = exports_dir(files, job_id) / safe_name(f"{source.stem}.thumbnail.png")
     if not _fresh(target, source):
         files.write_atomic(target, [render_thumbnail(source, THUMBNAIL_SIDE)])

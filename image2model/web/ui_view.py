@@ -132,6 +132,12 @@ def preview_file(item: dict[str, Any]) -> dict[str, Any] | None:
     return next((f for f in item.get("files") or [] if f["kind"] == "preview"), None)
 
 
+def shows_cutout(item: dict[str, Any]) -> bool:
+    """The item's preview is the offline model's cut-out ("what the model saw"), not a view of
+    the model: only the offline model records where its mask came from."""
+    return preview_file(item) is not None and "mask_source" in (item.get("stats") or {})
+
+
 def viewer_camera(item: dict[str, Any]) -> tuple[None, None, float | None]:
     """The viewer's camera (alpha, beta, radius) for this model: far enough back that its
     bounding sphere fits the view's height. Gradio's viewer frames a model by its width, so
