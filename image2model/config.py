@@ -45,8 +45,12 @@ class Settings(BaseSettings):
     max_result_mb: float = Field(default=200.0, gt=0)
     fal_images_per_hour: int = Field(default=200, ge=0)  # spending guard across everyone; 0 = off
 
-    # Workers. The work is mostly waiting on HTTP, so one thread per image of a full job.
+    # Workers: threads for the short steps (upload, submit, download, checks) and offline builds.
+    # Waiting on FAL holds no thread: up to fal_concurrency requests per process are in flight
+    # at once, followed by one watcher. FAL's own limit is per account (2 for a new one, up to
+    # 40 as credit is bought); requests past it wait in FAL's queue, which costs nothing.
     workers: int = Field(default=25, ge=1, le=256)
+    fal_concurrency: int = Field(default=40, ge=1, le=10000)
     embedded_worker: bool | None = None  # None: on unless REDIS_URL is set
     default_model: str = ""  # empty: a FAL model with a key, the offline model without
 

@@ -20,7 +20,7 @@ from image2model.sealing import Sealer, server_secret
 from image2model.storage import FileStore
 from image2model.worker.consumer import InProcessConsumer, start_embedded_consumer, stop_embedded_consumer
 from image2model.worker.housekeeping import Housekeeper
-from image2model.worker.queue import item_priority, make_huey, pending_item_tasks
+from image2model.worker.queue import DEFER_SECONDS, item_priority, make_huey, pending_item_tasks
 from image2model.worker.runner import ItemRunner
 from image2model.worker.tasks import Tasks, register_tasks
 
@@ -53,7 +53,7 @@ class Runtime:
         self.huey: Huey = make_huey(settings)
         self.runner = ItemRunner(self.store, self.files, settings, make_providers(settings), self.enqueue,
                                  pending_tasks=lambda: pending_item_tasks(self.huey),
-                                 open_key=lambda sealed: self.sealer.open(sealed))
+                                 open_key=lambda sealed: self.sealer.open(sealed), defer=self.defer)
         self.tasks: Tasks = register_tasks(self.huey, self.runner)
         self.consumer: InProcessConsumer | None = None
         self.housekeeper: Housekeeper | None = None
@@ -62,6 +62,9 @@ class Runtime:
 
     def enqueue(self, job_id: str, index: int) -> None:
         self.tasks.run_item(job_id, index, priority=item_priority(index))
+
+    def defer(self, job_id: str, index: int) -> None:
+        self.tasks.run_item.schedule(args=(job_id, index), delay=DEFER_SECONDS, priority=item_priority(index))
 
     @cached_property
     def secret(self) -> bytes:
@@ -107,6 +110,7 @@ class Runtime:
             self.consumer.stop_flag.set()
             self.runner.stopping.set()
             stop_embedded_consumer(self.consumer)
+            self.runner.drain()  # the items FAL is still running for this process, too
             self.consumer = None
         if self.housekeeper is not None:
             self.housekeeper.stop()
@@ -114,6 +118,7 @@ class Runtime:
 
     def close(self) -> None:
         self.stop_consumer()
+        self.runner.close()
         self.store.close()
 
 

@@ -653,6 +653,19 @@ class FakeFal:
         with self._lock:
             return list(self._requests.values())
 
+    def peak_in_flight(self) -> int:
+        """The most queue requests that were accepted and not yet finished at one moment."""
+        edges = []
+        for req in self.requests:
+            end = req.cancelled_at if req.cancelled_at is not None else \
+                req.submitted_at + req.queue_seconds + req.run_seconds
+            edges += [(req.submitted_at, 1), (end, -1)]
+        peak = current = 0
+        for _, step in sorted(edges, key=lambda edge: (edge[0], edge[1])):  # an end before a start at a tie
+            current += step
+            peak = max(peak, current)
+        return peak
+
     def file_bytes(self, url: str) -> bytes | None:
         """Bytes of a file this fake stores, by its URL (or None)."""
         stored = self._file_for_url(url)

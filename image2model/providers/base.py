@@ -7,8 +7,10 @@ through the `ItemRun` the worker gives it, so providers never touch the job stor
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from image2model.jobs.model import Mode
@@ -66,6 +68,11 @@ class ItemRun(Protocol):
 
     def write_file(self, target: Path, chunks: Any, max_bytes: int | None = None) -> int: ...
 
+    def settle(self, collect: Callable[[], ProviderOutput]) -> None:
+        """For a provider whose `run` returned WATCHING: end the item now, from any thread.
+        `collect` runs on one of the runner's finishing threads and returns the output, or
+        raises as `run` would."""
+
 
 @dataclass(frozen=True)
 class ProviderOutput:
@@ -77,8 +84,20 @@ class ProviderOutput:
     note: str | None = None
 
 
+class Watching:
+    """What `run` returns when the item goes on without the worker thread: its provider
+    watches it and calls `item.settle` once, whatever the end."""
+
+
+WATCHING = Watching()
+
+
 class Provider(Protocol):
-    def run(self, item: ItemRun) -> ProviderOutput: ...
+    # A slot per item in flight (FAL_CONCURRENCY), taken before an item is claimed; None
+    # when the provider bounds its own work.
+    slots: threading.Semaphore | None
+
+    def run(self, item: ItemRun) -> ProviderOutput | Watching: ...
 
     def cancel(self, item: ItemRun) -> None:
         """Best-effort: tell the remote side to stop this item's request."""

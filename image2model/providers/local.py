@@ -24,6 +24,8 @@ MAX_INPUT_SIDE = 2048
 
 
 class LocalReliefProvider:
+    slots = None  # the CPU gate is inside run: a photo waiting for a core shows it is waiting
+
     def run(self, item: ItemRun) -> ProviderOutput:
         item.progress(2, WAITING_FOR_CPU)
         while not CPU_SLOTS.acquire(timeout=0.5):

@@ -6,6 +6,7 @@ It builds the runtime from the same environment as the web app (REDIS_URL, DATA_
 shared volume, FAL_KEY), so a job created by the web process runs here.
 """
 
+import atexit
 import logging
 
 from huey.consumer_options import ConsumerConfig
@@ -36,3 +37,15 @@ def start_housekeeping() -> None:
     housekeeping (liveness, reaper, cleanup), so no consumer is special."""
     runtime.start_housekeeping(runtime.settings.workers)
     runtime.serve_worker_metrics()
+
+
+@huey.on_shutdown()
+def hand_back_watched_items() -> None:
+    """Runs in every worker as it stops (a graceful stop, `-g TERM`), and at exit after any
+    other stop: items that FAL is still running for this process go back on the queue with
+    their request ids, for another process to follow at once rather than after the reaper."""
+    runtime.runner.stopping.set()
+    runtime.runner.drain()
+
+
+atexit.register(hand_back_watched_items)

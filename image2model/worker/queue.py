@@ -35,6 +35,7 @@ QUEUE_NAME = "image2model"
 # upgrade are queued again by the reaper (their items are queued with no task it can see).
 REDIS_QUEUE_NAME = QUEUE_NAME + ".fair"
 RUN_ITEM_TASK = "image2model.run_item"
+DEFER_SECONDS = 1.0  # a task deferred (all FAL slots in use) is tried again this much later
 IDLE_POLL_SECONDS = 1.0  # how soon a task enqueued by another process is noticed
 OUTAGE_PAUSE_SECONDS = 1.0  # a worker waits this long between tries while Redis is down
 
@@ -102,9 +103,9 @@ def make_huey(settings: Settings) -> Huey:
 
 
 def pending_item_tasks(huey: Huey) -> set[tuple[str, int]]:
-    """(job id, item index) of every item task waiting in the queue."""
+    """(job id, item index) of every item task waiting in the queue, or deferred to run soon."""
     found = set()
-    for task in huey.pending():
+    for task in [*huey.pending(), *huey.scheduled()]:
         if task.name == RUN_ITEM_TASK and len(task.args) == 2:
             found.add((str(task.args[0]), int(task.args[1])))
     return found

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,10 +25,11 @@ from image2model.jobs.store import JobStore, StoreUnavailable
 from image2model.logs import log_context
 from image2model.media.meshes import mesh_stats
 from image2model.metrics import FAL_RUN, ITEM_RETRIES, OFFLINE_BUILD, QUEUE_WAIT
-from image2model.providers.base import ItemCancelled, ItemFailed, Provider
+from image2model.providers.base import ItemCancelled, ItemFailed, Provider, ProviderOutput, Watching
 from image2model.providers.catalog import ModelSpec, catalog
 from image2model.sealing import KeyUnreadable
 from image2model.storage import FileStore
+from image2model.worker.heartbeats import CancelFlags, Heartbeats
 from image2model.worker.liveness import known_dead, owner_process, pid_gone, worker_name
 from image2model.outage import store_outage
 
@@ -38,6 +40,8 @@ PROGRESS_WRITE_SECONDS = 0.5  # at most two progress writes a second per item
 STORE_RETRY_SECONDS = 0.5  # how often a write that must land is tried while the store is down
 FINISH_PATIENCE_SECONDS = 300.0  # a result waits this long for the store before the reaper's turn
 ORPHAN_GRACE_SECONDS = 5.0  # a queued item this old with no queue task is queued again
+SLOT_WAIT_SECONDS = 2.0  # a worker waits this long for a free FAL slot, then the task is deferred
+DRAIN_SECONDS = 10.0  # a shutdown waits this long for watched items to be handed back
 
 
 class OwnershipLost(Exception):
@@ -48,7 +52,22 @@ class WorkerStopping(Exception):
     """This process is shutting down: hand the item back to the queue, unfinished."""
 
 
-@dataclass
+class Slot:
+    """One place in a provider's `slots`, given back once, whoever ends the item."""
+
+    def __init__(self, slots: threading.Semaphore | None, waited: bool = False):
+        self._slots = slots
+        self.waited = waited  # it was not free at once
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            slots, self._slots = self._slots, None
+        if slots is not None:
+            slots.release()
+
+
+@dataclass(eq=False)  # identity: the process's heartbeats keep a set of runs
 class LiveItemRun:
     """The `ItemRun` a provider gets: durable writes go to the store, as this worker."""
 
@@ -70,10 +89,13 @@ class LiveItemRun:
     preview_target: Path = Path()
     max_result_bytes: int = 0
     poll_seconds: float = 1.0
+    cancel_flags: CancelFlags | None = None
+    settle_to: Callable[[Callable[[], ProviderOutput]], None] | None = None
+    slot: Slot = field(default_factory=lambda: Slot(None))
+    retries_used: int = 0
     _last_write: float = 0.0
     _last_message: str = ""
     _last_percent: float = 0.0
-    _cancel_checked_at: float = field(default_factory=time.monotonic)  # the claim just looked
     _cancelled: bool = False
     lost: threading.Event = field(default_factory=threading.Event)
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -127,13 +149,8 @@ class LiveItemRun:
             raise OwnershipLost()
         if self.stopping.is_set():
             raise WorkerStopping()
-        now = time.monotonic()
-        if now - self._cancel_checked_at >= CANCEL_CHECK_SECONDS:
-            self._cancel_checked_at = now
-            try:
-                self._cancelled = self.store.cancel_requested(self.job_id) is not False
-            except StoreUnavailable:
-                pass  # the store is down: carry on, and ask again next time
+        if self.cancel_flags is not None and self.cancel_flags.requested(self.job_id):
+            self._cancelled = True
         if self._cancelled:
             raise ItemCancelled()
         if time.time() > self.deadline:
@@ -155,13 +172,19 @@ class LiveItemRun:
     def write_file(self, target: Path, chunks: Iterable[bytes], max_bytes: int | None = None) -> int:
         return self.files.write_atomic(target, chunks, max_bytes)
 
+    def settle(self, collect: Callable[[], ProviderOutput]) -> None:
+        assert self.settle_to is not None, "settle() is for a run handed out by the runner"
+        self.settle_to(collect)
+
 
 class ItemRunner:
     def __init__(self, store: JobStore, files: FileStore, settings: Settings,
                  providers: dict[str, Provider], enqueue: Callable[[str, int], None],
                  pending_tasks: Callable[[], set[tuple[str, int]]] | None = None,
-                 open_key: Callable[[str], str] | None = None):
+                 open_key: Callable[[str], str] | None = None,
+                 defer: Callable[[str, int], None] | None = None):
         self.store = store
+        self.defer = defer or enqueue  # queue an item's task again, to run a little later
         self.open_key = open_key  # unseals a person's own FAL key (see image2model/sealing.py)
         self.files = files
         self.settings = settings
@@ -169,33 +192,84 @@ class ItemRunner:
         self.enqueue = enqueue
         self.pending_tasks = pending_tasks  # (job id, index) of every item task still in the queue
         self.stopping = threading.Event()  # set when this process shuts down
+        self.heartbeats = Heartbeats(store, settings.heartbeat_seconds)
+        self.cancel_flags = CancelFlags(store, CANCEL_CHECK_SECONDS)
+        self._finishing: ThreadPoolExecutor | None = None
+        self._finishing_lock = threading.Lock()
 
     # --- one item -----------------------------------------------------------------------
     def run(self, job_id: str, index: int) -> None:
         ctx = {"job_id": job_id, "item": index}
         job = self.store.get(job_id)
+        if not self._runnable(job, index, ctx):
+            return
+        provider = self.providers[catalog()[job.model].provider]
+        slot = self._take_slot(provider, job, index)
+        if slot is None:
+            return
+        claimed = None
+        try:
+            if slot.waited:  # the job may have changed meanwhile
+                job = self.store.get(job_id)
+            if self._runnable(job, index, ctx):
+                claimed = self._claim(job, index, ctx)
+        finally:
+            if claimed is None:
+                slot.release()
+        if claimed is None:
+            return
+        worker = claimed.worker or ""
+        with log_context(worker=worker):  # every line of this run names its worker, the provider's too
+            log.info("item started", extra={**ctx, "model": job.model})
+            self._execute(job, claimed, worker, slot)
+
+    def _runnable(self, job: Job | None, index: int, ctx: dict[str, Any]) -> bool:
+        """Whether this queued item should be claimed now; ends it when it never will be."""
         if job is None or not 0 <= index < len(job.items):
             log.info("item skipped: job gone", extra=ctx)
-            return
+            return False
         item = job.items[index]
         if item.state != ItemState.QUEUED:
             log.info("item skipped: state %s", item.state, extra=ctx)
-            return
+            return False
         if job.cancel_requested:
-            self._finish(job_id, index, None, ItemState.CANCELLED, "Cancelled", expect=[ItemState.QUEUED])
-            return
+            self._finish(job.id, index, None, ItemState.CANCELLED, "Cancelled", expect=[ItemState.QUEUED])
+            return False
         if item.attempts >= self.settings.max_item_attempts:
-            self._finish(job_id, index, None, ItemState.FAILED, "Failed",
+            self._finish(job.id, index, None, ItemState.FAILED, "Failed",
                          error=ItemError("worker_lost", "The worker processing this image stopped "
                                          f"{item.attempts} times; giving up."), expect=[ItemState.QUEUED])
-            return
+            return False
         if self.stopping.is_set():
-            self.enqueue(job_id, index)  # leave it for the next process
-            return
+            self.enqueue(job.id, index)  # leave it for the next process
+            return False
+        return True
+
+    def _take_slot(self, provider: Provider, job: Job, index: int) -> Slot | None:
+        """A place among the provider's requests in flight (FAL_CONCURRENCY), taken before the
+        claim, so that a photo waiting for one is still queued and its deadline has not begun.
+        None when none came free soon: the task is deferred (a worker thread never waits long,
+        so a shutdown is not held up and other models' photos still get threads)."""
+        slots = provider.slots
+        if slots is None or slots.acquire(blocking=False):
+            return Slot(slots, waited=False)
+        message = "Waiting for a free place at FAL (all are in use)"
+        if job.items[index].message != message:
+            try:
+                self.store.update_item(job.id, index, {"message": message}, expect_state=[ItemState.QUEUED])
+            except StoreUnavailable:
+                pass
+        if slots.acquire(timeout=SLOT_WAIT_SECONDS):
+            return Slot(slots, waited=True)
+        self.defer(job.id, index)
+        return None
+
+    def _claim(self, job: Job, index: int, ctx: dict[str, Any]) -> Item | None:
+        item = job.items[index]
         worker = worker_name()
         now = time.time()
         claimed = self.store.update_item(
-            job_id, index,
+            job.id, index,
             {"state": ItemState.RUNNING, "worker": worker, "attempts": item.attempts + 1,
              "started_at": item.started_at or now, "heartbeat_at": now,
              "message": "Starting" if item.attempts == 0 else "Resuming after a worker stopped"},
@@ -203,74 +277,122 @@ class ItemRunner:
         )
         if claimed is None:
             log.info("item skipped: claimed elsewhere", extra=ctx)
-            return
+            return None
         if item.attempts == 0:
             QUEUE_WAIT.labels(job.model).observe(max(0.0, now - item.queued_at))
-        with log_context(worker=worker):  # every line of this run names its worker, the provider's too
-            log.info("item started", extra={**ctx, "model": job.model})
-            self._execute(job, claimed, worker)
+        return claimed
 
-    def _execute(self, job: Job, item: Item, worker: str) -> None:
+    def _execute(self, job: Job, item: Item, worker: str, slot: Slot) -> None:
         try:
             run = self._prepare_run(job, item, worker)
         except AppError as exc:
+            slot.release()
             self._fail(job.id, item.index, worker, exc.code, exc.message)
             return
-        ctx = {"job_id": job.id, "item": item.index}
-        stop_heartbeat = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(run, stop_heartbeat), daemon=True,
-                                name=f"i2m-heartbeat-{job.id[:8]}-{item.index}")
-        beat.start()
+        run.slot = slot
         provider = self.providers[run.spec.provider]
-        spec = run.spec
-        try:
-            output = self._run_with_retries(provider, run)
-            stats = mesh_stats(run.model_target)
-            stats.update(output.extra_stats or {})
-            files = [ResultFile(run.model_target.name, "model", run.model_target.stat().st_size, "model/gltf-binary")]
-            if output.has_preview and run.preview_target.is_file():
-                files.append(ResultFile(run.preview_target.name, "preview", run.preview_target.stat().st_size,
-                                        "image/png"))
-            if output.run_seconds:
-                self._record_duration(spec.id, output.run_seconds)
-                (FAL_RUN.labels(spec.id) if spec.provider == "fal" else OFFLINE_BUILD).observe(output.run_seconds)
-            message = f"Done. {output.note}" if output.note else "Done"
-            done = self._finish(job.id, item.index, worker, ItemState.SUCCEEDED, message, files=files,
-                                stats=stats, unless_cancelled=True)
-            if done is None and self.store.cancel_requested(job.id):
-                raise ItemCancelled()  # the cancel came while the model was being finished
-            log.info("item succeeded", extra={**ctx, "request_id": run.request_id})
-        except OwnershipLost:
-            log.warning("item taken over by another worker; stopping", extra=ctx)
-        except WorkerStopping:
-            self._hand_back(job.id, item.index, worker)
-        except ItemCancelled:
-            self._stop_remote(provider, run)
-            self._discard_results(run)
-            self._finish(job.id, item.index, worker, ItemState.CANCELLED, "Cancelled")
-            log.info("item cancelled", extra=ctx)
-        except (ItemFailed, AppError) as exc:
-            if exc.code == "deadline_exceeded":
-                self._stop_remote(provider, run)
-            self._discard_results(run)
-            self._fail(job.id, item.index, worker, exc.code, exc.message)
-        except StoreUnavailable as exc:  # the store stayed down: the reaper resumes the item later
-            log.warning("item left running, the job store is unreachable: %s", exc, extra=ctx)
-        except Exception:  # noqa: BLE001 - the item fails, the worker lives on
-            if self.store.version(job.id) is None:
-                log.info("job deleted while its item ran; stopping", extra=ctx)
-            else:
-                log.exception("item crashed", extra=ctx)
-                self._discard_results(run)
-                self._fail(job.id, item.index, worker, "internal_error",
-                           "Something went wrong while making this model. The error was logged.")
-        finally:
-            stop_heartbeat.set()
+        run.settle_to = lambda collect: self._settle(run, provider, collect)
+        self.heartbeats.add(run)
+        self._conclude(run, provider, lambda: provider.run(run))
+
+    def _conclude(self, run: LiveItemRun, provider: Provider,
+                  step: Callable[[], ProviderOutput | Watching]) -> None:
+        """Run one step of the item and write its end, unless the provider watches it on
+        (then this runs again, on a finishing thread, when the watch ends)."""
+        ctx = {"job_id": run.job_id, "item": run.index}
+        watched = False
+        with log_context(worker=run.worker):
             try:
-                if self.store.version(job.id) is None:
-                    self.files.delete_job(job.id)  # deleted meanwhile: leave no result behind
-            except StoreUnavailable:
-                pass
+                output = self._with_retries(provider, run, step)
+                if isinstance(output, Watching):
+                    watched = True
+                    return
+                self._succeed(run, output)
+                log.info("item succeeded", extra={**ctx, "request_id": run.request_id})
+            except OwnershipLost:
+                log.warning("item taken over by another worker; stopping", extra=ctx)
+            except WorkerStopping:
+                self._hand_back(run.job_id, run.index, run.worker)
+            except ItemCancelled:
+                self._stop_remote(provider, run)
+                self._discard_results(run)
+                self._finish(run.job_id, run.index, run.worker, ItemState.CANCELLED, "Cancelled")
+                log.info("item cancelled", extra=ctx)
+            except (ItemFailed, AppError) as exc:
+                if exc.code == "deadline_exceeded":
+                    self._stop_remote(provider, run)
+                self._discard_results(run)
+                self._fail(run.job_id, run.index, run.worker, exc.code, exc.message)
+            except StoreUnavailable as exc:  # the store stayed down: the reaper resumes the item later
+                log.warning("item left running, the job store is unreachable: %s", exc, extra=ctx)
+            except Exception:  # noqa: BLE001 - the item fails, the worker lives on
+                if self.store.version(run.job_id) is None:
+                    log.info("job deleted while its item ran; stopping", extra=ctx)
+                else:
+                    log.exception("item crashed", extra=ctx)
+                    self._discard_results(run)
+                    self._fail(run.job_id, run.index, run.worker, "internal_error",
+                               "Something went wrong while making this model. The error was logged.")
+            finally:
+                if not watched:
+                    self._let_go(run)
+
+    def _succeed(self, run: LiveItemRun, output: ProviderOutput) -> None:
+        spec = run.spec
+        stats = mesh_stats(run.model_target)
+        stats.update(output.extra_stats or {})
+        files = [ResultFile(run.model_target.name, "model", run.model_target.stat().st_size, "model/gltf-binary")]
+        if output.has_preview and run.preview_target.is_file():
+            files.append(ResultFile(run.preview_target.name, "preview", run.preview_target.stat().st_size,
+                                    "image/png"))
+        if output.run_seconds:
+            self._record_duration(spec.id, output.run_seconds)
+            (FAL_RUN.labels(spec.id) if spec.provider == "fal" else OFFLINE_BUILD).observe(output.run_seconds)
+        message = f"Done. {output.note}" if output.note else "Done"
+        done = self._finish(run.job_id, run.index, run.worker, ItemState.SUCCEEDED, message, files=files,
+                            stats=stats, unless_cancelled=True)
+        if done is None and self.store.cancel_requested(run.job_id):
+            raise ItemCancelled()  # the cancel came while the model was being finished
+
+    def _let_go(self, run: LiveItemRun) -> None:
+        """The item's end in this process: no more heartbeats, its slot free, and no result
+        left behind for a job deleted meanwhile."""
+        self.heartbeats.remove(run)
+        run.slot.release()
+        try:
+            if self.store.version(run.job_id) is None:
+                self.files.delete_job(run.job_id)
+        except StoreUnavailable:
+            pass
+
+    def _settle(self, run: LiveItemRun, provider: Provider, collect: Callable[[], ProviderOutput]) -> None:
+        try:
+            self._finishing_pool().submit(self._conclude, run, provider, collect)
+        except RuntimeError:  # the interpreter is exiting (no new threads): end it here
+            self._conclude(run, provider, collect)
+
+    def _finishing_pool(self) -> ThreadPoolExecutor:
+        """Threads for the end of watched items (download, checks): short work, never waiting."""
+        with self._finishing_lock:
+            if self._finishing is None:
+                self._finishing = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="i2m-finish")
+            return self._finishing
+
+    def drain(self, timeout: float = DRAIN_SECONDS) -> bool:
+        """At shutdown, after `stopping` is set: wait until every item of this process was
+        handed back (watched ones are, within a tick)."""
+        return self.heartbeats.wait_empty(timeout)
+
+    def close(self) -> None:
+        self.heartbeats.stop()
+        for provider in self.providers.values():
+            closing = getattr(provider, "close", None)
+            if closing is not None:
+                closing()
+        with self._finishing_lock:
+            pool, self._finishing = self._finishing, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _prepare_run(self, job: Job, item: Item, worker: str) -> LiveItemRun:
         spec = catalog()[job.model]
@@ -287,7 +409,7 @@ class ItemRunner:
             preview_target=self.files.new_result_path(job.id, f"{item.stem}.preview.png"),
             max_result_bytes=int(self.settings.max_result_mb * 1024 * 1024),
             poll_seconds=self.settings.fal_poll_seconds,
-            stopping=self.stopping,
+            stopping=self.stopping, cancel_flags=self.cancel_flags,
         )
 
     def _own_key(self, job: Job) -> str:
@@ -306,25 +428,29 @@ class ItemRunner:
                            "differs from the web server's. The operator must set the same SECRET_KEY on "
                            "every machine.", 500) from None
 
-    def _run_with_retries(self, provider: Provider, run: LiveItemRun):  # noqa: ANN202
+    def _with_retries(self, provider: Provider, run: LiveItemRun,
+                      step: Callable[[], ProviderOutput | Watching]) -> ProviderOutput | Watching:
+        """Transient failures run the provider again (it resumes the same FAL request), up to
+        FAL_RETRIES times per item, however many watches that spans."""
         retries = self.settings.fal_retries
-        for attempt in range(retries + 1):
+        while True:
             try:
-                return provider.run(run)
+                return step()
             except ItemFailed as exc:
                 if not exc.retryable:
                     raise
-                if attempt >= retries:
+                if run.retries_used >= retries:
                     raise ItemFailed(exc.code, f"{exc.message} (gave up after {retries} retries)") from exc
-                delay = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2**attempt)
+                delay = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2**run.retries_used)
                 delay *= random.uniform(0.8, 1.2)
+                run.retries_used += 1
                 ITEM_RETRIES.labels(run.spec.id, exc.code).inc()
                 log.warning("retrying after %s", exc.code, extra={"job_id": run.job_id, "item": run.index,
                                                                   "request_id": run.request_id})
                 run.progress(run._last_percent, f"{exc.message} Retrying in {delay:.0f} s "
-                             f"(retry {attempt + 1} of {retries}).")
+                             f"(retry {run.retries_used} of {retries}).")
                 run.sleep(delay)
-        raise AssertionError("unreachable")
+                step = lambda: provider.run(run)  # noqa: E731
 
     def _hand_back(self, job_id: str, index: int, worker: str) -> None:
         """Shutdown: the item goes back on the queue with its FAL request id, to be resumed."""
@@ -351,19 +477,6 @@ class ItemRunner:
         for path in (run.model_target, run.preview_target):
             if path.name:
                 path.unlink(missing_ok=True)
-
-    def _heartbeat(self, run: LiveItemRun, stop: threading.Event) -> None:
-        while not stop.wait(self.settings.heartbeat_seconds):
-            try:
-                if not self.store.touch(run.job_id, run.index, run.worker, time.time()):
-                    run.lost.set()
-                    return
-                store_outage.ok()
-            except StoreUnavailable as exc:  # the item rides it out; one line per outage
-                store_outage.failed(exc)
-            except Exception as exc:  # noqa: BLE001 - a store hiccup must not kill the item
-                log.warning("heartbeat failed: %s", exc, extra={"job_id": run.job_id, "item": run.index,
-                                                                "worker": run.worker})
 
     def _record_duration(self, model: str, seconds: float) -> None:
         """Best effort: one lost sample of the typical time is nothing, while failing here, in a

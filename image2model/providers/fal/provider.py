@@ -5,27 +5,24 @@ submit once (never retried blindly: FAL bills on accepting it), and store the re
 *before* waiting, so a retry or a restarted worker resumes the same paid request. A submit
 whose answer was lost (a crash, a dropped connection, a gateway 500, no answer at all) is
 looked up in FAL's request history by its input URLs (`reconcile.py`) before anything is sent
-again. Errors are classified by HTTP status, never by message text.
+again. Errors are classified by HTTP status, never by message text (`errors.py`).
 
 Every call waits a bounded time (`fal_call_timeout_seconds`), so a hung FAL never holds an
 item past a cancel or its deadline.
 
-Waiting follows FAL's status stream (server-sent events), which reports completion the moment
-it happens; where the stream is unavailable or breaks, polling takes over.
+A worker thread only uploads and submits (or finds the request to resume); the waiting, which
+is most of an item's life, belongs to the process's one `FalWatcher`, and the download to the
+runner's finishing threads. So the number of requests in flight is `FAL_CONCURRENCY`, FAL's
+own account limit, not the number of worker threads.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import re
 import threading
-import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fal_client
 import fal_client.client as fal_internals
@@ -36,65 +33,17 @@ from image2model.media.images import prepare_image
 from image2model.metrics import (
     DOWNLOAD, FAL_RECONCILIATIONS, FAL_RESUMES, count_fal_error, count_fal_response, timed,
 )
-from image2model.providers.base import ItemFailed, ItemRun, ProviderOutput
-from image2model.providers.reconcile import RequestHistory, SubmitLedger
+from image2model.providers.base import WATCHING, ItemFailed, ItemRun, ProviderOutput, Watching
+from image2model.providers.fal.errors import classify_http_error, error_detail
+from image2model.providers.fal.reconcile import RequestHistory, SubmitLedger
+from image2model.providers.fal.status import StatusWatch
+from image2model.providers.fal.watcher import FalWatcher, Watch
 
 log = logging.getLogger(__name__)
 
-FAST_POLL_SECONDS = 0.1  # fal-client's own polling interval
 DOWNLOAD_TIMEOUT_SECONDS = 20.0  # a CDN that sends nothing for this long is given up on
-STREAM_QUIET_SECONDS = 1.0  # a status stream silent this long is reopened (after a stop check)
-PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)\s*%")
 DOWNLOAD_CHUNK = 1024 * 256
-
-
-def classify_http_error(status: int, detail: Any, own_key: bool = False) -> ItemFailed:
-    """One FAL HTTP status to one item failure; only transient classes are retryable.
-    `own_key`: the request ran on the FAL key the person gave, not on this server's."""
-    text = describe_detail(detail)
-    if status == 401 and own_key:
-        return ItemFailed("fal_key_rejected", f"FAL did not accept the FAL key you gave: {text}. Check the key "
-                          "on fal.ai/dashboard/keys, or leave the field empty to use this server's.")
-    if status == 401:
-        return ItemFailed("fal_key_rejected", f"FAL rejected the API key ({text}). Check FAL_KEY.")
-    if status == 403:
-        return ItemFailed(
-            "fal_access_denied",
-            "FAL refused the request: the account is locked or its balance is exhausted "
-            f"(top up at fal.ai/dashboard/billing). FAL said: {text}",
-        )
-    if status == 422:
-        return ItemFailed("fal_invalid_input", f"The model rejected the input: {text}")
-    if status in (408, 409, 429) or status >= 500:
-        label = "busy" if status == 429 else f"unavailable (HTTP {status})"
-        return ItemFailed("fal_unavailable", f"FAL is {label}: {text}", retryable=True)
-    if status == 404:
-        return ItemFailed("fal_not_found", f"FAL does not know this request or model: {text}")
-    return ItemFailed("fal_error", f"FAL answered HTTP {status}: {text}")
-
-
-def describe_detail(detail: Any) -> str:
-    """FAL's `detail` as one line: a string, or a list of validation errors."""
-    if isinstance(detail, list):
-        parts = []
-        for entry in detail:
-            if isinstance(entry, dict):
-                where = ".".join(str(x) for x in entry.get("loc", []) if x != "body")
-                msg = entry.get("msg") or entry.get("message") or str(entry)
-                parts.append(f"{where}: {msg}" if where else str(msg))
-            else:
-                parts.append(str(entry))
-        return "; ".join(parts)[:500] or "no details"
-    return str(detail or "no details")[:500]
-
-
-def error_detail(response: httpx.Response) -> Any:
-    """FAL's `detail` from an error answer, else its text."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text
-    return body.get("detail", body) if isinstance(body, dict) else body
+T = TypeVar("T")
 
 
 def dig(data: Any, dotted: str) -> Any:
@@ -109,79 +58,6 @@ def file_url(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("url")
     return value if isinstance(value, str) and value.startswith(("http://", "https://")) else None
-
-
-class StreamUnavailable(Exception):
-    """FAL's status stream cannot be used for this request; polling takes over."""
-
-
-def sse_data(lines: Iterable[str]) -> Iterator[str]:
-    """The data of each server-sent event; comments and other fields are skipped."""
-    data: list[str] = []
-    for line in lines:
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-
-
-def parse_status(text: str) -> fal_client.Status | None:
-    """One status event as fal-client's own status objects (None for a kind we don't know)."""
-    data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError("a status event is not a JSON object")
-    kind = data.get("status")
-    if kind == "IN_QUEUE":
-        return fal_client.Queued(position=int(data.get("queue_position") or 0))
-    if kind == "IN_PROGRESS":
-        return fal_client.InProgress(logs=data.get("logs"))
-    if kind == "COMPLETED":
-        return fal_client.Completed(logs=data.get("logs"), metrics=data.get("metrics") or {},
-                                    error=data.get("error"), error_type=data.get("error_type"))
-    return None
-
-
-@dataclass
-class StatusWatch:
-    """Turns FAL statuses, streamed or polled, into item progress.
-
-    Progress comes from the model's log percentages, else from elapsed time against the
-    model's typical duration (which also tells polling when to speed up)."""
-
-    item: ItemRun
-    typical: float
-    since: float = field(default_factory=time.monotonic)
-    seen_unfinished: float = 0.0  # how long after submit (or resume) FAL last said "not done"
-    last_percent: float | None = None
-    last_logs: list[dict[str, Any]] | None = None
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.since
-
-    def saw(self, status: fal_client.Status, asked_at: float) -> bool:
-        """Report one status, asked for `asked_at` seconds after the start; True once done."""
-        if isinstance(status, fal_client.Completed):
-            return True
-        self.seen_unfinished = max(self.seen_unfinished, asked_at)
-        if isinstance(status, fal_client.Queued):
-            self.item.progress(5, f"Waiting in FAL's queue (position {status.position + 1})")
-        elif isinstance(status, fal_client.InProgress):
-            if status.logs:  # a stream sends only new lines; a poll sends them all
-                self.last_logs = status.logs
-                logged = percent_from_logs(status.logs)
-                self.last_percent = logged if logged is not None else self.last_percent
-            self.item.progress(*running_progress(self.elapsed(), self.typical, self.last_percent, self.last_logs))
-        return False
-
-
-def percent_from_logs(logs: list[dict[str, Any]] | None) -> float | None:
-    for entry in reversed(logs or []):
-        match = PERCENT.search(str(entry.get("message", "")))
-        if match and float(match.group(1)) <= 100:
-            return float(match.group(1))
-    return None
 
 
 class PooledSyncClient(fal_client.SyncClient):
@@ -204,11 +80,11 @@ _CDN_LOCK = threading.Lock()
 
 class FalProvider:
     """One fal-client and one plain HTTP client per process, shared by all worker threads
-    (httpx clients are thread-safe and keep their connections alive)."""
+    (httpx clients are thread-safe and keep their connections alive), and one watcher."""
 
     def __init__(self, key: str, fal_max_side: int, *, api_url: str = "https://api.fal.ai/v1",
                  call_timeout: float = 5.0, submit_timeout: float = 30.0, reconcile_seconds: float = 300.0,
-                 uncertain_submit: str = "fail", upload_timeout: float = 60.0):
+                 uncertain_submit: str = "fail", upload_timeout: float = 60.0, concurrency: int = 40):
         self.key = key
         self.fal_max_side = fal_max_side
         self.call_timeout = call_timeout
@@ -217,9 +93,13 @@ class FalProvider:
         self.reconcile_seconds = reconcile_seconds
         self.uncertain_submit = uncertain_submit
         self.api_url = api_url
+        self.concurrency = concurrency
+        # one slot per request in flight: taken before an item is claimed, given back when it ends
+        self.slots = threading.BoundedSemaphore(concurrency)
         self._lock = threading.Lock()
         self._fal: fal_client.SyncClient | None = None
         self._plain: httpx.Client | None = None
+        self._watcher: FalWatcher | None = None
 
     @classmethod
     def from_settings(cls, settings: Any) -> FalProvider:
@@ -227,7 +107,7 @@ class FalProvider:
                    call_timeout=settings.fal_call_timeout_seconds,
                    submit_timeout=settings.fal_submit_timeout_seconds,
                    reconcile_seconds=settings.fal_reconcile_seconds,
-                   uncertain_submit=settings.fal_uncertain_submit)
+                   uncertain_submit=settings.fal_uncertain_submit, concurrency=settings.fal_concurrency)
 
     def _client(self) -> fal_client.SyncClient:
         """fal-client, for uploads (which cost nothing, so its own retries are welcome) and
@@ -255,14 +135,24 @@ class FalProvider:
                                            event_hooks={"response": [count_fal_response]})
             return self._plain
 
-    def run(self, item: ItemRun) -> ProviderOutput:
+    def watcher(self) -> FalWatcher:
+        with self._lock:
+            if self._watcher is None:
+                self._watcher = FalWatcher(self.call_timeout)
+            return self._watcher
+
+    def run(self, item: ItemRun) -> Watching:
         if not self._key(item).strip():  # fal-client would retry a malformed header for a minute
             raise ItemFailed("fal_key_missing", "No FAL key is configured on this worker: set FAL_KEY.")
         # a person's own key gets a client of its own, dropped with this run
         client = PooledSyncClient(key=item.fal_key, default_timeout=self.upload_timeout) if item.fal_key \
             else self._client()
+        return self._translated(item, lambda: self._start(client, item))
+
+    def _translated(self, item: ItemRun, step: Callable[[], T]) -> T:
+        """fal-client's and httpx's errors as item failures (transient ones retryable)."""
         try:
-            return self._run(client, item)
+            return step()
         except fal_client.FalClientHTTPError as exc:
             raise classify_http_error(exc.status_code, exc.message, own_key=bool(item.fal_key)) from exc
         except (fal_client.FalClientTimeoutError, httpx.TimeoutException) as exc:
@@ -276,7 +166,8 @@ class FalProvider:
         except MissingCredentialsError as exc:
             raise ItemFailed("fal_key_missing", "No FAL key is configured: set FAL_KEY.") from exc
 
-    def _run(self, client: fal_client.SyncClient, item: ItemRun) -> ProviderOutput:
+    def _start(self, client: fal_client.SyncClient, item: ItemRun) -> Watching:
+        """Submit (or find the request to resume), then hand the waiting to the watcher."""
         spec = item.spec
         ledger = SubmitLedger(item)
         request_id = item.request_id
@@ -295,9 +186,24 @@ class FalProvider:
             FAL_RESUMES.inc()
             log.info("fal resumed", extra={"job_id": item.job_id, "item": item.index, "request_id": request_id})
         handle = client.get_handle(spec.id, request_id)
-        run_seconds = self._wait(item, handle)
+
+        def ended(run_seconds: float | None, error: BaseException | None) -> None:
+            item.settle(lambda: self._translated(item, lambda: self._collect(item, handle.response_url,
+                                                                              run_seconds, error)))
+
+        self.watcher().follow(Watch(
+            item=item, request_id=request_id, status_url=handle.status_url, headers=self._auth(item),
+            own_key=bool(item.fal_key), status=StatusWatch(item.typical_seconds()),
+            poll_seconds=item.poll_seconds, ended=ended))
+        return WATCHING
+
+    def _collect(self, item: ItemRun, response_url: str, run_seconds: float | None,
+                 error: BaseException | None) -> ProviderOutput:
+        """After the watch: the model's files, or the reason the watch ended."""
+        if error is not None:
+            raise error
         item.progress(90, "Downloading the model")
-        result = self._fetch_result(handle.response_url, item)
+        result = self._fetch_result(response_url, item)
         self._download_model(result, item)
         has_preview = self._download_preview(result, item)
         return ProviderOutput(has_preview=has_preview, run_seconds=run_seconds)
@@ -382,74 +288,6 @@ class FalProvider:
             urls.append(client.upload_file(prepared))
         return urls
 
-    def _wait(self, item: ItemRun, handle: fal_client.SyncRequestHandle) -> float:
-        """Wait until FAL completes. Returns how long the request took after submit (or
-        resume), never more than it did. (A cancel or the deadline raises out of here; the
-        worker then tells FAL to stop.)"""
-        watch = StatusWatch(item, item.typical_seconds())
-        try:
-            return self._follow_stream(handle.status_url + "/stream", item, watch)
-        except StreamUnavailable as exc:
-            log.info("fal status stream unavailable, polling: %s", exc,
-                     extra={"job_id": item.job_id, "item": item.index, "request_id": handle.request_id})
-        return self._poll(handle, item, watch)
-
-    def _follow_stream(self, url: str, item: ItemRun, watch: StatusWatch) -> float:
-        """Follow the status stream until COMPLETED. FAL sends the current status as soon as a
-        stream opens, and closes it after COMPLETED. A stream that stays quiet for
-        STREAM_QUIET_SECONDS is opened again, after a check for cancel and the deadline; one
-        that ends early, answers anything but events, or says nothing three times running is
-        unavailable."""
-        timeout = httpx.Timeout(self.call_timeout, read=STREAM_QUIET_SECONDS)
-        headers = {**self._auth(item), "Accept": "text/event-stream"}
-        silent = 0
-        while True:
-            item.check_stop()
-            events = 0
-            try:
-                with self._http().stream("GET", url, params={"logs": "1"}, headers=headers,
-                                         timeout=timeout) as response:
-                    kind = response.headers.get("content-type", "")
-                    if response.status_code != 200 or not kind.startswith("text/event-stream"):
-                        raise StreamUnavailable(f"HTTP {response.status_code} {kind}".strip())
-                    for data in sse_data(response.iter_lines()):
-                        events += 1
-                        status = parse_status(data)
-                        if status is not None and watch.saw(status, watch.elapsed()):
-                            return watch.elapsed()
-                        item.check_stop()
-                raise StreamUnavailable("the stream ended before the request finished")
-            except httpx.ReadTimeout as exc:
-                silent = silent + 1 if events == 0 else 0
-                if silent >= 3:
-                    raise StreamUnavailable("the stream sent nothing") from exc
-            except (httpx.TransportError, ValueError) as exc:
-                raise StreamUnavailable(str(exc) or type(exc).__name__) from exc
-
-    def _poll(self, handle: fal_client.SyncRequestHandle, item: ItemRun, watch: StatusWatch) -> float:
-        """Poll until COMPLETED; returns the last time FAL said it was not done, a lower bound
-        of its duration, so slow polling never teaches us that a model is slower than it is."""
-        while True:
-            item.check_stop()
-            asked = watch.elapsed()
-            status = self._status(handle.status_url, item)
-            if watch.saw(status, asked):
-                return watch.seen_unfinished
-            item.sleep(poll_interval(item.poll_seconds, watch.elapsed(), watch.typical))
-
-    def _status(self, url: str, item: ItemRun) -> fal_client.Status:
-        """One status call, one try, bounded wait (fal-client's would retry a hang for minutes)."""
-        response = self._http().get(url, params={"logs": "1"}, headers=self._auth(item))
-        if response.status_code >= 400:
-            raise self._refused(response, item)
-        try:
-            status = parse_status(response.text)
-        except (ValueError, TypeError) as exc:
-            raise ItemFailed("fal_unavailable", "FAL's status answer was unreadable.", retryable=True) from exc
-        if status is None:
-            raise ItemFailed("fal_unavailable", "FAL sent a status this app does not know.", retryable=True)
-        return status
-
     def _fetch_result(self, url: str, item: ItemRun) -> Any:
         """The model's output. (fal-client's result() would first ask for the status again,
         which costs a round trip after the stream has already said COMPLETED.)"""
@@ -495,6 +333,13 @@ class FalProvider:
                                      "limit.") from exc
                 raise
 
+    def close(self) -> None:
+        """Stop following requests (they stay running at FAL and are resumed after a restart)."""
+        with self._lock:
+            watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.close()
+
     def cancel(self, item: ItemRun) -> None:
         """Tell FAL to stop the item's request: one bounded try (the item ends either way)."""
         if not item.request_id:
@@ -522,26 +367,3 @@ def checked(chunks: Iterable[bytes], item: ItemRun) -> Iterator[bytes]:
         item.check_stop()
         yield chunk
 
-
-def poll_interval(base: float, elapsed: float, typical: float) -> float:
-    """Poll at the configured pace, and fast once the model should be nearly done, so a
-    finished model is noticed within a tenth of a second without hammering FAL all along."""
-    if elapsed >= 0.85 * typical:
-        return min(base, FAST_POLL_SECONDS)
-    return base
-
-
-def running_progress(elapsed: float, typical: float, logged: float | None,
-                     logs: list[dict[str, Any]] | None) -> tuple[float, str]:
-    """Progress 5..88 while FAL runs: the model's own percentage when it logs one, else an
-    estimate from elapsed time against the typical duration that never claims to be done."""
-    last_line = ""
-    if logs:
-        last_line = str(logs[-1].get("message", "")).strip().splitlines()[0][:80] if logs[-1].get("message") else ""
-    if logged is not None:
-        return 5 + 83 * logged / 100, last_line or f"Generating ({logged:.0f}%)"
-    fraction = elapsed / max(typical, 1.0)
-    if fraction < 1:
-        left = typical - elapsed
-        return 5 + 75 * fraction, last_line or f"Generating, about {left:.0f} s left"
-    return 80 + 8 * (1 - math.exp(-(fraction - 1))), last_line or "Generating, taking longer than usual"
