@@ -1,13 +1,14 @@
 """P8 offline throughput: N photos through the offline model in one embedded app, against the
 CPU floor (each photo's build time on one core, summed, divided by the cores). Target: within
-1.3 x the floor (issue 15). The builds run in the worker threads of one process, one per core
-at a time; a process pool was tried and measured slower (see docs/benchmarks.md).
+1.3 x the floor (issue 15). Side by side: the builds in processes of their own, one per core
+(the default), and in the app's worker threads (OFFLINE_PROCESSES=0).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import httpx
 from PIL import Image
@@ -27,33 +28,43 @@ def cpu_floor(paths: list, cores: int) -> float:  # noqa: ANN001
     return total / cores
 
 
+def run_app(tmp: Path, images: list[Path], processes: str) -> tuple[float, list[str]]:
+    """Seconds from the first upload to the last job's end, and the jobs' states."""
+    app = AppProcess(tmp / f"data-{processes or 'default'}", None, RATE_LIMIT_API="off", RATE_LIMIT_UPLOAD="off",
+                     FAL_KEY="", OFFLINE_PROCESSES=processes)
+    try:
+        warm = [("files", ("warm.png", images[0].read_bytes(), "image/png"))]  # build processes start once
+        for _ in range(2):
+            job = httpx.post(app.url + "/api/v1/upload/", files=warm * 2, data={"model": "local/relief"}).json()["job_id"]
+            while not httpx.get(f"{app.url}/api/v1/status/tasks/{job}").json()["finished"]:
+                time.sleep(0.05)
+        jobs, started = [], time.monotonic()
+        for start in range(0, len(images), 25):  # jobs of at most 25 photos, all queued at once
+            files = [("files", (p.name, p.read_bytes(), "image/png")) for p in images[start:start + 25]]
+            jobs.append(httpx.post(app.url + "/api/v1/upload/", files=files, data={"model": "local/relief"},
+                                   timeout=120).json()["job_id"])
+        while not all(httpx.get(f"{app.url}/api/v1/status/tasks/{j}").json()["finished"] for j in jobs):
+            time.sleep(0.05)
+        took = time.monotonic() - started
+        return took, [httpx.get(f"{app.url}/api/v1/status/tasks/{j}").json()["state"] for j in jobs]
+    finally:
+        app.stop()
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     count, size = (6, (320, 240)) if args.quick else (100, (640, 480))
     cores = os.cpu_count() or 1
+    rows = []
     with temp_dir("i2m-bench-p8-") as tmp:
         images = distinct_images(tmp / "in", count, size=size)
         floor = cpu_floor(images, cores)
-        app = AppProcess(tmp / "data", None, RATE_LIMIT_API="off", RATE_LIMIT_UPLOAD="off", FAL_KEY="")
-        try:
-            warm = [("files", ("warm.png", images[0].read_bytes(), "image/png"))]  # the pool starts once
-            job = httpx.post(app.url + "/api/v1/upload/", files=warm, data={"model": "local/relief"}).json()["job_id"]
-            while not httpx.get(f"{app.url}/api/v1/status/tasks/{job}").json()["finished"]:
-                time.sleep(0.05)
-            jobs, started = [], time.monotonic()
-            for start in range(0, count, 25):  # jobs of at most 25 photos, all queued at once
-                files = [("files", (p.name, p.read_bytes(), "image/png")) for p in images[start:start + 25]]
-                jobs.append(httpx.post(app.url + "/api/v1/upload/", files=files, data={"model": "local/relief"},
-                                       timeout=120).json()["job_id"])
-            while not all(httpx.get(f"{app.url}/api/v1/status/tasks/{j}").json()["finished"] for j in jobs):
-                time.sleep(0.05)
-            took = time.monotonic() - started
-            states = [httpx.get(f"{app.url}/api/v1/status/tasks/{j}").json()["state"] for j in jobs]
-        finally:
-            app.stop()
-    row = {"images": count, "cores": cores, "cpu_floor_s": round(floor, 2), "took_s": round(took, 2),
-           "x_floor": round(took / floor, 2), "target_x": 1.3, "met": took <= 1.3 * floor and set(states) == {"succeeded"}}
-    report("P8-offline", f"P8 offline throughput: {count} photos, {cores} cores", list(row), [row], args.quick)
+        for label, processes in (("build processes (default)", ""), ("worker threads", "0")):
+            took, states = run_app(tmp, images, processes)
+            rows.append({"builds_in": label, "images": count, "cores": cores, "cpu_floor_s": round(floor, 2),
+                         "took_s": round(took, 2), "x_floor": round(took / floor, 2), "target_x": 1.3,
+                         "met": took <= 1.3 * floor and set(states) == {"succeeded"}})
+    report("P8-offline", f"P8 offline throughput: {count} photos, {cores} cores", list(rows[0]), rows, args.quick)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # 40 as credit is bought); requests past it wait in FAL's queue, which costs nothing.
     workers: int = Field(default=25, ge=1, le=256)
     fal_concurrency: int = Field(default=40, ge=1, le=10000)
+    # Offline builds run in this many processes of their own (empty: one per core; 0: in the
+    # worker threads of this process, which saves their memory but not the GIL's time).
+    offline_processes: int | None = Field(default=None, ge=0, le=256)
     embedded_worker: bool | None = None  # None: on unless REDIS_URL is set
     default_model: str = ""  # empty: a FAL model with a key, the offline model without
 

@@ -41,7 +41,7 @@ def make_providers(settings: Settings) -> dict[str, Provider]:
     from image2model.providers.fal import FalProvider
     from image2model.providers.local import LocalReliefProvider
 
-    return {"fal": FalProvider.from_settings(settings), "local": LocalReliefProvider()}
+    return {"fal": FalProvider.from_settings(settings), "local": LocalReliefProvider.from_settings(settings)}
 
 
 class Runtime:

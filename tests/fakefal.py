@@ -653,10 +653,11 @@ class FakeFal:
         with self._lock:
             return list(self._requests.values())
 
-    def peak_in_flight(self) -> int:
-        """The most queue requests that were accepted and not yet finished at one moment."""
+    def peak_in_flight(self, since: float = 0.0) -> int:
+        """The most queue requests that were accepted and not yet finished at one moment
+        (of those submitted from `since` on, a time.monotonic())."""
         edges = []
-        for req in self.requests:
+        for req in (r for r in self.requests if r.submitted_at >= since):
             end = req.cancelled_at if req.cancelled_at is not None else \
                 req.submitted_at + req.queue_seconds + req.run_seconds
             edges += [(req.submitted_at, 1), (end, -1)]

@@ -415,10 +415,12 @@ def test_a_plain_upright_image_reaches_fal_unchanged(runtime_factory, fake_fal, 
 def test_deleting_a_running_job_leaves_no_files_and_no_crash(runtime_factory, tmp_path, caplog, monkeypatch,
                                                              moment) -> None:  # noqa: ANN001
     """A DELETE can land while a worker is inside the item; the worker must stop quietly and
-    leave nothing on disk. The race is made deterministic by deleting from inside the run."""
+    leave nothing on disk. The race is made deterministic by deleting from inside the run, so
+    the build runs in the worker thread (a build process is another program: see
+    test_offline_processes.py for a delete during one)."""
     import logging
 
-    runtime = runtime_factory(fal_key="", start_consumer=False)
+    runtime = runtime_factory(fal_key="", start_consumer=False, offline_processes=0)
     job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]))
     runner = runtime.runner
     # the offline provider imports these on each run (not at the top), so patching them here reaches it

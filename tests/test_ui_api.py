@@ -110,7 +110,7 @@ def test_the_api_lists_exactly_four_endpoints_and_the_catalog(
 def test_cancel_job_really_stops_the_job(
         live_server_factory, client_for, fake_fal, tmp_path, backend) -> None:  # noqa: ANN001
     fake_fal.set_latency(0.0, 30.0)
-    server = live_server_factory(workers=1)
+    server = live_server_factory(fal_concurrency=1)  # the second photo waits for a place at FAL
     client = client_for(server)
     job = client.submit([handle_file(p) for p in examples("duck", "mug")], "fal-ai/trellis",
                         api_name="/generate")

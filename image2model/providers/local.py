@@ -1,7 +1,9 @@
-"""The offline model: runs the relief generator inside our own worker, on the CPU.
+"""The offline model: runs the relief generator on this machine's CPU.
 
-Workers are threads sized for waiting on HTTP, so CPU work is gated by a semaphore with one
-slot per core: 25 offline items queue for the cores instead of thrashing them.
+Workers are threads sized for short steps, so CPU work is gated by a semaphore with one slot
+per core: 25 offline items queue for the cores instead of thrashing them. Each build runs in
+a process of its own (`build_pool.py`, OFFLINE_PROCESSES, one per core by default), so the
+builds use every core and leave the web server's; 0 builds in the worker thread itself.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 
 from image2model.memory import release_free_memory
 from image2model.providers.base import WAITING_FOR_CPU, ItemRun, ProviderOutput
+from image2model.providers.build_pool import BuildPool
 
 # What the item says when no object could be separated (mask_source "full_frame").
 NOTHING_STOOD_OUT = ("Nothing stood out from the background, so the whole photo became a flat plate. "
@@ -26,25 +29,30 @@ MAX_INPUT_SIDE = 2048
 class LocalReliefProvider:
     slots = None  # the CPU gate is inside run: a photo waiting for a core shows it is waiting
 
+    def __init__(self, processes: int | None = None):
+        count = CPU_COUNT if processes is None else processes
+        self.pool = BuildPool(count) if count > 0 else None
+
+    @classmethod
+    def from_settings(cls, settings) -> LocalReliefProvider:  # noqa: ANN001
+        return cls(settings.offline_processes)
+
     def run(self, item: ItemRun) -> ProviderOutput:
         item.progress(2, WAITING_FOR_CPU)
         while not CPU_SLOTS.acquire(timeout=0.5):
             item.check_stop()
         try:
-            # here, not at the top: the generator loads OpenCV and SciPy, which a web process
-            # that only lists this model never needs (see providers/relief/__init__.py)
-            from image2model.providers.relief.loading import load_image
-            from image2model.providers.relief.pipeline import generate_relief
-
             started = time.monotonic()
             item.check_stop()
-            image = load_image(item.inputs[0])
 
             def report(fraction: float, stage: str) -> None:
                 item.check_stop()
                 item.progress(5 + 85 * fraction, stage)
 
-            result = generate_relief(image, progress=report, **item.params)
+            if self.pool is not None:
+                result = self.pool.build(item.inputs[0], dict(item.params), report, item.check_stop)
+            else:
+                result = build_here(item.inputs[0], item.params, report)
             item.write_file(item.model_target, [result.glb])
             item.write_file(item.preview_target, [result.cutout])  # "what the model saw"
             kept = item.params.get("background") == "keep"  # asked for the whole photo: nothing to explain
@@ -58,5 +66,18 @@ class LocalReliefProvider:
             CPU_SLOTS.release()
             release_free_memory()
 
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
     def cancel(self, item: ItemRun) -> None:
-        """Nothing remote to stop: the next progress report raises."""
+        """Nothing remote to stop: the build stops at its next check."""
+
+
+def build_here(path, params, report):  # noqa: ANN001, ANN201 - a ReliefResult
+    """In this thread. Imported here, not at the top: the generator loads OpenCV and SciPy,
+    which a web process that only lists this model never needs (see providers/relief/__init__.py)."""
+    from image2model.providers.relief.loading import load_image
+    from image2model.providers.relief.pipeline import generate_relief
+
+    return generate_relief(load_image(path), progress=report, **params)

@@ -90,6 +90,11 @@ class PatientRedisStorage(RedisPriorityQueue, RedisStorage):
     def read_schedule(self, ts):  # noqa: ANN001, ANN201
         return self._quietly(lambda: super(PatientRedisStorage, self).read_schedule(ts), [])
 
+    def delete_data(self, key):  # noqa: ANN001, ANN201
+        """After every task huey deletes its revocation key; a task that ends as Redis goes
+        away (they are short: FAL waits belong to the watcher) must not log a traceback."""
+        return self._quietly(lambda: super(PatientRedisStorage, self).delete_data(key), False)
+
 
 def make_huey(settings: Settings) -> Huey:
     if settings.use_redis:

@@ -1,0 +1,157 @@
+"""Offline builds in their own processes, one per core.
+
+In threads of the web process the builds ran at 1.8 x their CPU time on 2 cores (the GIL was
+held 41 % of the time) and took the web server's CPU with them. Here each build runs in a
+long-lived `python -m image2model.providers.build_pool` of its own (a plain child process:
+multiprocessing's spawn and forkserver would import the parent's main script, app.py and so
+Gradio, into every one). A process takes one build at a time over a pipe and sends back
+progress and the result; the worker thread that asked only waits, and
+checks for a stop. A build that must stop (cancel, deadline, shutdown) kills its process; a
+fresh one takes its place at the next build.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from image2model.providers.base import ItemFailed
+
+log = logging.getLogger(__name__)
+
+CHECK_SECONDS = 0.25  # how often a waiting worker thread looks for a cancel or a shutdown
+
+
+class BuildCrashed(Exception):
+    """The generator raised in the build process (its message and traceback come along)."""
+
+
+def serve(requests: Connection, answers: Connection) -> None:
+    """A build process: build what the pipe asks for, one at a time, until it closes."""
+    from image2model.memory import release_free_memory
+    from image2model.providers.relief.loading import load_image
+    from image2model.providers.relief.pipeline import generate_relief
+
+    while True:
+        try:
+            path, params = requests.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            result = generate_relief(load_image(path), progress=lambda f, stage: answers.send(("progress", f, stage)),
+                                     **params)
+            answers.send(("done", result))
+        except Exception as exc:  # noqa: BLE001 - told to the item, the process lives on
+            answers.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        finally:
+            release_free_memory()
+
+
+def child_env() -> dict[str, str]:
+    """This environment, with this package importable wherever the parent was started from."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+
+
+class BuildProcess:
+    def __init__(self) -> None:
+        to_child, from_parent = os.pipe()
+        to_parent, from_child = os.pipe()
+        self.proc = subprocess.Popen([sys.executable, "-m", __name__, str(to_child), str(from_child)],
+                                     pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL, env=child_env())
+        os.close(to_child)
+        os.close(from_child)
+        self.reader = Connection(to_parent, writable=False)
+        self.writer = Connection(from_parent, readable=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(5)
+        self.reader.close()
+        self.writer.close()
+
+
+class BuildPool:
+    """At most `size` build processes, started on first use (a web process that never builds
+    offline never pays for them)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._idle: list[BuildProcess] = []
+        self._busy: set[BuildProcess] = set()
+        self._lock = threading.Lock()
+
+    def build(self, path: Path, params: dict[str, Any], progress: Callable[[float, str], None],
+              check_stop: Callable[[], None]) -> Any:
+        """The generator's result for the image at `path`; raises what `check_stop` raises
+        (the build is killed), ItemFailed when its process died, BuildCrashed when it raised."""
+        process = self._take()
+        reusable = False
+        try:
+            process.writer.send((str(path), params))
+            while True:
+                check_stop()
+                if not process.reader.poll(CHECK_SECONDS):
+                    continue
+                kind, *rest = process.reader.recv()
+                if kind == "progress":
+                    progress(*rest)
+                    continue
+                reusable = True
+                if kind == "done":
+                    return rest[0]
+                log.warning("offline build failed: %s", rest[0])
+                raise BuildCrashed(f"{rest[0]}\n--- in the build process:\n{rest[1]}")
+        except (EOFError, OSError) as exc:  # killed (the OOM killer, a signal) mid-build
+            raise ItemFailed("offline_build_lost", "The process building this model stopped before it was done.",
+                             retryable=True) from exc
+        finally:
+            self._give_back(process, reusable)
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [p.pid for p in [*self._idle, *self._busy]]
+
+    def close(self) -> None:
+        with self._lock:
+            processes, self._idle = [*self._idle, *self._busy], []
+            self._busy = set()
+        for process in processes:
+            process.kill()
+
+    def _take(self) -> BuildProcess:
+        with self._lock:
+            process = self._idle.pop() if self._idle else None
+            if process is None:
+                process = BuildProcess()
+            self._busy.add(process)
+            return process
+
+    def _give_back(self, process: BuildProcess, reusable: bool) -> None:
+        with self._lock:
+            self._busy.discard(process)
+            keep = reusable and process.alive() and len(self._idle) < self.size
+            if keep:
+                self._idle.append(process)
+        if not keep:
+            process.kill()
+
+
+if __name__ == "__main__":
+    serve(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))
