@@ -56,6 +56,27 @@ def test_fal_concurrency_caps_the_requests_in_flight(runtime_factory, fake_fal, 
     assert [i.attempts for i in current.items] == [1] * 6, "waiting for a place must not count as a try"
 
 
+def test_photos_waiting_for_a_place_do_not_multiply_their_tasks(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    """A photo waits for a place past the reaper's grace for queued items with no task: its
+    task is deferred in the queue, where the reaper sees it, so it is not queued again and
+    again (a task held by a waiting thread is seen by no reaper)."""
+    from image2model.worker.queue import RUN_ITEM_TASK
+
+    fake_fal.set_latency(0.0, 4.0)
+    runtime = runtime_factory(workers=4, fal_concurrency=1)
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png", "b.png", "c.png"]), model="fal-ai/trellis")
+    most = 0
+    current = runtime.service.get(job.id)
+    while not current.state.terminal:
+        tasks = [t.args[1] for t in [*runtime.huey.pending(), *runtime.huey.scheduled()] if t.name == RUN_ITEM_TASK]
+        most = max([most, *(tasks.count(index) for index in set(tasks))])
+        runtime.service.wait_for_change(job.id, current.version, 0.2)
+        current = runtime.service.get(job.id)
+    assert current.state == JobState.SUCCEEDED, [i.error for i in current.items]
+    assert fake_fal.peak_in_flight() == 1 and len(fake_fal.submits) == 3
+    assert most <= 2, f"a waiting photo had {most} queue tasks"
+
+
 def test_a_stopping_process_hands_its_watched_requests_back(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
     """The embedded consumer stops while FAL runs three photos for it: they go back on the queue
     at once with their request ids, and the next process follows the same requests."""

@@ -116,14 +116,16 @@ def test_cancel_job_really_stops_the_job(
                         api_name="/generate")
     job_id = wait_until(lambda: job.outputs() and job.outputs()[0][0]["job_id"], timeout=20)
     service = server.runtime.service
-    wait_until(lambda: service.get(job_id).items[0].request_id, timeout=20)  # FAL has the first image
+    at_fal = lambda: [i.index for i in service.get(job_id).items if i.request_id]  # noqa: E731
+    (sent,) = wait_until(at_fal, timeout=20)  # FAL has one image, the other waits for its place
     answer = client.predict(job_id, api_name="/cancel_job")
     assert answer["job_id"] == job_id
     status, files = job.result(timeout=30)
     assert status["state"] == "cancelled" and status["finished"]
     assert [item["state"] for item in status["items"]] == ["cancelled", "cancelled"]
     assert not files
-    assert service.get(job_id).items[0].request_id in fake_fal.cancelled
+    assert at_fal() == [sent]
+    assert service.get(job_id).items[sent].request_id in fake_fal.cancelled
     assert len(fake_fal.submits) == 1, "the waiting image was sent to FAL after the cancel"
     assert client.predict(job_id, api_name="/job_status")["state"] == "cancelled"
 

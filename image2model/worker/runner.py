@@ -40,7 +40,6 @@ PROGRESS_WRITE_SECONDS = 0.5  # at most two progress writes a second per item
 STORE_RETRY_SECONDS = 0.5  # how often a write that must land is tried while the store is down
 FINISH_PATIENCE_SECONDS = 300.0  # a result waits this long for the store before the reaper's turn
 ORPHAN_GRACE_SECONDS = 5.0  # a queued item this old with no queue task is queued again
-SLOT_WAIT_SECONDS = 2.0  # a worker waits this long for a free FAL slot, then the task is deferred
 DRAIN_SECONDS = 10.0  # a shutdown waits this long for watched items to be handed back
 
 
@@ -55,9 +54,8 @@ class WorkerStopping(Exception):
 class Slot:
     """One place in a provider's `slots`, given back once, whoever ends the item."""
 
-    def __init__(self, slots: threading.Semaphore | None, waited: bool = False):
+    def __init__(self, slots: threading.Semaphore | None):
         self._slots = slots
-        self.waited = waited  # it was not free at once
         self._lock = threading.Lock()
 
     def release(self) -> None:
@@ -209,10 +207,7 @@ class ItemRunner:
             return
         claimed = None
         try:
-            if slot.waited:  # the job may have changed meanwhile
-                job = self.store.get(job_id)
-            if self._runnable(job, index, ctx):
-                claimed = self._claim(job, index, ctx)
+            claimed = self._claim(job, index, ctx)
         finally:
             if claimed is None:
                 slot.release()
@@ -248,19 +243,17 @@ class ItemRunner:
     def _take_slot(self, provider: Provider, job: Job, index: int) -> Slot | None:
         """A place among the provider's requests in flight (FAL_CONCURRENCY), taken before the
         claim, so that a photo waiting for one is still queued and its deadline has not begun.
-        None when none came free soon: the task is deferred (a worker thread never waits long,
-        so a shutdown is not held up and other models' photos still get threads)."""
+        None when all are taken: the task is deferred, since a task held by a worker thread is
+        seen by no reaper (it would queue the item again) and holds a thread other photos need."""
         slots = provider.slots
         if slots is None or slots.acquire(blocking=False):
-            return Slot(slots, waited=False)
+            return Slot(slots)
         message = "Waiting for a free place at FAL (all are in use)"
         if job.items[index].message != message:
             try:
                 self.store.update_item(job.id, index, {"message": message}, expect_state=[ItemState.QUEUED])
             except StoreUnavailable:
                 pass
-        if slots.acquire(timeout=SLOT_WAIT_SECONDS):
-            return Slot(slots, waited=True)
         self.defer(job.id, index)
         return None
 
