@@ -218,7 +218,7 @@ def test_preview_image_is_kept_when_the_model_returns_one(runtime_factory, fake_
 
 def test_cancel_stops_running_items_and_queued_ones_never_start(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
     fake_fal.set_latency(0.0, 30.0)
-    runtime = runtime_factory(workers=1)
+    runtime = runtime_factory(workers=1, fal_concurrency=1)  # b and c wait for a place at FAL
     job = runtime.service.create_job(uploads_for(tmp_path, ["a.png", "b.png", "c.png"]), model="fal-ai/trellis")
     wait_until(lambda: runtime.service.get(job.id).items[0].request_id)
     runtime.service.cancel(job.id)

@@ -53,7 +53,8 @@ class ItemRun(Protocol):
 
     def progress(self, percent: float, message: str) -> None: ...
 
-    def remember_request(self, request_id: str) -> None: ...
+    def remember_request(self, request_id: str, submit_record: dict[str, Any] | None = None) -> None:
+        """Store the request id durably (with the submit record, when given) before going on."""
 
     def remember_submit(self, record: dict[str, Any]) -> None:
         """Store the submit record durably before going on (it protects money)."""

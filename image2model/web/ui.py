@@ -512,11 +512,11 @@ class Page:
 
     def pace(self, status: dict[str, Any]) -> tuple[float | None, int]:
         """(usual seconds per photo, photos run at once) for the queue estimate: the offline
-        model runs one photo per core, FAL ones one per worker thread."""
+        model runs one photo per core, FAL ones up to FAL_CONCURRENCY at once."""
         spec = catalog().get(status.get("model") or "")
         if spec is None:
             return None, 1
-        parallel = CPU_COUNT if spec.provider == "local" else self.settings.workers
+        parallel = CPU_COUNT if spec.provider == "local" else self.settings.fal_concurrency
         return spec.typical_seconds, parallel
 
     def gallery(self, job_id: str, done: list[dict[str, Any]]) -> list[tuple[str, str]]:

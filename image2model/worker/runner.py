@@ -115,9 +115,13 @@ class LiveItemRun:
         self._write({"progress": round(percent, 1), "message": message, "heartbeat_at": time.time()})
         self._last_write, self._last_message, self._last_percent = now, message, percent
 
-    def remember_request(self, request_id: str) -> None:
+    def remember_request(self, request_id: str, submit_record: dict[str, Any] | None = None) -> None:
         self.request_id = request_id
-        self._write({"request_id": request_id}, must_land=True)
+        patch: dict[str, Any] = {"request_id": request_id}
+        if submit_record is not None:
+            self.submit_record = dict(submit_record)
+            patch["fal_submit"] = self.submit_record
+        self._write(patch, must_land=True)
 
     def remember_submit(self, record: dict[str, Any]) -> None:
         self.submit_record = dict(record)

@@ -178,7 +178,7 @@ class FalProvider:
             urls = ledger.input_urls
             if not urls:
                 urls = self._upload_inputs(client, item)
-                ledger.save_inputs(urls)
+                ledger.keep_inputs(urls)
             item.check_stop()
             request_id = self._submit_once(item, ledger, spec.fal_arguments(urls, item.params, item.mode))
         else:
@@ -235,8 +235,7 @@ class FalProvider:
             request_id = str(response.json()["request_id"])
         except (ValueError, KeyError, TypeError):
             return self._after_lost_answer(item, ledger, "FAL's answer to this photo was unreadable")
-        item.remember_request(request_id)
-        ledger.note("sent to FAL")
+        ledger.sent(request_id, "sent to FAL")
         log.info("fal submitted", extra={**ctx, "request_id": request_id})
         return request_id
 
@@ -256,8 +255,7 @@ class FalProvider:
         ctx = {"job_id": item.job_id, "item": item.index, "request_id": verdict.request_id}
         if verdict.request_id:
             FAL_RECONCILIATIONS.labels("adopted").inc()
-            item.remember_request(verdict.request_id)
-            ledger.note(f"{why}; found it in FAL's history and carried on with it (not paid twice)")
+            ledger.sent(verdict.request_id, f"{why}; found it in FAL's history and carried on with it (not paid twice)")
             log.info("fal request adopted from history", extra=ctx)
             return verdict.request_id
         if verdict.absent:

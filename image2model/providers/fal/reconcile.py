@@ -44,10 +44,10 @@ class SubmitLedger:
     def intent_at(self) -> float | None:
         return self.record.get("intent_at")
 
-    def save_inputs(self, urls: list[str]) -> None:
-        """Uploads are kept, so a resumed item never uploads (or is matched) twice."""
+    def keep_inputs(self, urls: list[str]) -> None:
+        """The uploads' URLs, stored with the intent (one write): an item resumed after that
+        never uploads (or is matched) twice, and one that stopped before has nothing to match."""
         self.record["input_urls"] = list(urls)
-        self._save()
 
     def save_intent(self) -> None:
         self.record["intent_at"] = time.time()
@@ -62,6 +62,11 @@ class SubmitLedger:
     def note(self, text: str) -> None:
         self._add_note(text)
         self._save()
+
+    def sent(self, request_id: str, text: str) -> None:
+        """FAL has the request: its id and this note in one write."""
+        self._add_note(text)
+        self.item.remember_request(request_id, self.record)
 
     def _add_note(self, text: str) -> None:
         events = list(self.record.get("events") or [])

@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,6 +32,10 @@ TICK_SECONDS = 0.25  # progress, cancel and deadline are looked at this often fo
 FIRST_QUIET_SECONDS = 1.0  # a new stream that sends nothing this long is reopened
 QUIET_SECONDS = 15.0  # a stream that did send events may then be quiet this long (FAL sends on change)
 SILENT_TRIES = 3  # streams opened this many times in a row without one event: use polling
+# Progress writes of all watched requests together, at most, a second: each one wakes every
+# reader of its job, so 1,000 open requests writing twice a second each took the process.
+PROGRESS_WRITES_PER_SECOND = 100
+MIN_PROGRESS_SECONDS = 0.5
 
 
 @dataclass(eq=False)
@@ -47,6 +52,7 @@ class Watch:
     ended: Callable[[float | None, BaseException | None], None]  # (run seconds, or why it stopped)
     task: concurrent.futures.Future | None = None
     settled: bool = False
+    next_progress_at: float = 0.0  # time.monotonic()
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def log_extra(self) -> dict[str, object]:
@@ -116,18 +122,22 @@ class FalWatcher:
 
     def _tick_loop(self) -> None:
         while not self._closed.wait(self.tick_seconds):
-            for watch in self._snapshot():
-                self._tick(watch)
+            watches = self._snapshot()
+            every = max(MIN_PROGRESS_SECONDS, len(watches) / PROGRESS_WRITES_PER_SECOND)
+            for watch in watches:
+                self._tick(watch, every)
 
-    def _tick(self, watch: Watch) -> None:
+    def _tick(self, watch: Watch, progress_every: float) -> None:
         """The store's side of one watch: stop it when it must stop, else show its progress."""
         with watch.lock:
             if watch.settled:
                 return
             try:
                 watch.item.check_stop()
+                now = time.monotonic()
                 shown = watch.status.progress()
-                if shown is not None:
+                if shown is not None and now >= watch.next_progress_at:
+                    watch.next_progress_at = now + progress_every
                     watch.item.progress(*shown)
                 return
             except Exception as exc:  # noqa: BLE001 - cancel, deadline, shutdown, ownership lost
