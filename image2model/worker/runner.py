@@ -40,6 +40,7 @@ PROGRESS_WRITE_SECONDS = 0.5  # at most two progress writes a second per item
 STORE_RETRY_SECONDS = 0.5  # how often a write that must land is tried while the store is down
 FINISH_PATIENCE_SECONDS = 300.0  # a result waits this long for the store before the reaper's turn
 ORPHAN_GRACE_SECONDS = 5.0  # a queued item this old with no queue task is queued again
+DURATION_SAMPLE_SECONDS = 5.0  # a model's typical time learns from one finished photo this often
 DRAIN_SECONDS = 10.0  # a shutdown waits this long for watched items to be handed back
 
 
@@ -198,6 +199,7 @@ class ItemRunner:
         self.cancel_flags = CancelFlags(store, CANCEL_CHECK_SECONDS)
         self._finishing: ThreadPoolExecutor | None = None
         self._finishing_lock = threading.Lock()
+        self._duration_sampled_at: dict[str, float] = {}
 
     # --- one item -----------------------------------------------------------------------
     def run(self, job_id: str, index: int) -> None:
@@ -477,7 +479,14 @@ class ItemRunner:
 
     def _record_duration(self, model: str, seconds: float) -> None:
         """Best effort: one lost sample of the typical time is nothing, while failing here, in a
-        store outage, left a finished (paid) item running until the reaper's stale_after."""
+        store outage, left a finished (paid) item running until the reaper's stale_after. One
+        sample per model every few seconds is enough to learn from, and 250 photos ending
+        together each waited for the store's write lock for it."""
+        now = time.monotonic()
+        with self._finishing_lock:
+            if now - self._duration_sampled_at.get(model, -DURATION_SAMPLE_SECONDS) < DURATION_SAMPLE_SECONDS:
+                return
+            self._duration_sampled_at[model] = now
         try:
             self.store.record_duration(model, seconds)
         except StoreUnavailable as exc:

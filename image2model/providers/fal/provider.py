@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -174,12 +175,14 @@ class FalProvider:
         if request_id is None and ledger.intent_at is not None:
             # a submit went out before and its answer never reached the store
             request_id = self._reconcile(item, ledger, "The app stopped while sending this photo to FAL")
+        since = time.monotonic()  # when FAL's clock started: the submit, or now for a resumed request
         if request_id is None:
             urls = ledger.input_urls
             if not urls:
                 urls = self._upload_inputs(client, item)
                 ledger.keep_inputs(urls)
             item.check_stop()
+            since = time.monotonic()
             request_id = self._submit_once(item, ledger, spec.fal_arguments(urls, item.params, item.mode))
         else:
             item.progress(5, "Resuming the FAL request")
@@ -193,7 +196,7 @@ class FalProvider:
 
         self.watcher().follow(Watch(
             item=item, request_id=request_id, status_url=handle.status_url, headers=self._auth(item),
-            own_key=bool(item.fal_key), status=StatusWatch(item.typical_seconds()),
+            own_key=bool(item.fal_key), status=StatusWatch(item.typical_seconds(), since=since),
             poll_seconds=item.poll_seconds, ended=ended))
         return WATCHING
 
