@@ -14,6 +14,9 @@ web process plus one `huey_consumer` with 25 threads):
 - A 1-image job posted once 250 images are queued: how long after its upload it started, and
   its wall against L.
 - 1,000 open requests (40 jobs) on one process: its RSS while all are at FAL.
+
+Everything shares this machine's cores: the app's CPU seconds (web and worker processes) and
+those of this process (the fake FAL and the clients) are printed beside each wall time.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ import fal_client
 import httpx
 from httpx_sse import connect_sse
 
-from bench.common import (AppProcess, ConsumerProcess, distinct_images, fake_fal, parse_args, proc_status_kb,
-                          redis_server, report, temp_dir)
+from bench.common import (AppProcess, ConsumerProcess, cpu_seconds, distinct_images, fake_fal, parse_args,
+                          proc_status_kb, redis_server, report, temp_dir)
 
 OPEN_ENV = {"RATE_LIMIT_API": "off", "RATE_LIMIT_UPLOAD": "off", "FAL_IMAGES_PER_HOUR": "0",
             "MAX_WAITING_IMAGES": "0", "FAL_CONCURRENCY": "2000"}
@@ -124,13 +127,18 @@ def measure_mode(mode: str, tmp: Path, fake, sizes: dict[str, int], latency: flo
             worker_pid = consumer.proc.pid
         stack.callback(app.stop)
 
+        pids = sorted({app.pid, worker_pid})
+
         def row(name: str, count: int, offset: int = 0) -> dict[str, Any]:
             fake.reset()
             since, sampler = time.monotonic(), RssSampler(worker_pid)
+            app_cpu, bench_cpu = sum(cpu_seconds(pid) for pid in pids), time.process_time()
             wall, _ = run_jobs(app.url, jobs_of(count, offset))
             return {"mode": mode, "row": name, "images": count, "wall_s": round(wall, 3),
                     "ratio": round(wall / latency, 3), "fal_peak_in_flight": fake.peak_in_flight(since),
-                    "submits": len(fake.submits), **sampler.stop()}
+                    "submits": len(fake.submits), **sampler.stop(),
+                    "app_cpu_s": round(sum(cpu_seconds(pid) for pid in pids) - app_cpu, 2),
+                    "fake_and_clients_cpu_s": round(time.process_time() - bench_cpu, 2)}
 
         run_jobs(app.url, jobs_of(per_job))  # warm-up: the first job pays for imports and connections
         rows.append({**row("P1 from the POST", per_job), "target_ratio": 1.05})
@@ -184,7 +192,7 @@ def main() -> None:
             rows += measure_mode(mode, tmp, fake, sizes, latency)
     report("P9-scale", f"P9 scale: FAL latency L = {latency:g} s; wall from the first POST to the last item's end",
            ["mode", "row", "images", "wall_s", "ratio", "target_ratio", "started_after_s", "fal_peak_in_flight",
-            "submits", "rss_start_mib", "rss_peak_mib"], rows, args.quick)
+            "submits", "rss_start_mib", "rss_peak_mib", "app_cpu_s", "fake_and_clients_cpu_s"], rows, args.quick)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,8 @@ class BuildProcess:
 
 class BuildPool:
     """At most `size` build processes, started on first use (a web process that never builds
-    offline never pays for them)."""
+    offline never pays for them). A process ends by itself when its parent does (its pipe
+    closes)."""
 
     def __init__(self, size: int):
         self.size = size
@@ -128,6 +129,10 @@ class BuildPool:
         with self._lock:
             return [p.pid for p in [*self._idle, *self._busy]]
 
+    def busy_pids(self) -> list[int]:
+        with self._lock:
+            return [p.pid for p in self._busy]
+
     def close(self) -> None:
         with self._lock:
             processes, self._idle = [*self._idle, *self._busy], []
@@ -151,6 +156,19 @@ class BuildPool:
                 self._idle.append(process)
         if not keep:
             process.kill()
+
+
+_shared: dict[int, BuildPool] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_pool(size: int) -> BuildPool:
+    """The process's pool: like the CPU slots, the cores are the process's, not one runtime's
+    (a test process builds many runtimes, and each paid a new process's imports)."""
+    with _shared_lock:
+        if size not in _shared:
+            _shared[size] = BuildPool(size)
+        return _shared[size]
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import time
 
 from image2model.memory import release_free_memory
 from image2model.providers.base import WAITING_FOR_CPU, ItemRun, ProviderOutput
-from image2model.providers.build_pool import BuildPool
+from image2model.providers.build_pool import shared_pool
 
 # What the item says when no object could be separated (mask_source "full_frame").
 NOTHING_STOOD_OUT = ("Nothing stood out from the background, so the whole photo became a flat plate. "
@@ -31,7 +31,7 @@ class LocalReliefProvider:
 
     def __init__(self, processes: int | None = None):
         count = CPU_COUNT if processes is None else processes
-        self.pool = BuildPool(count) if count > 0 else None
+        self.pool = shared_pool(count) if count > 0 else None
 
     @classmethod
     def from_settings(cls, settings) -> LocalReliefProvider:  # noqa: ANN001
@@ -65,10 +65,6 @@ class LocalReliefProvider:
         finally:
             CPU_SLOTS.release()
             release_free_memory()
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
 
     def cancel(self, item: ItemRun) -> None:
         """Nothing remote to stop: the build stops at its next check."""
