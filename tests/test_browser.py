@@ -233,7 +233,7 @@ def test_closing_the_tab_mid_job_lets_the_job_finish(
 def test_the_first_model_shows_before_the_end_and_cancel_stops_the_rest(
         live_server_factory, open_page, fake_fal, backend) -> None:  # noqa: ANN001
     fake_fal.set_latency(0.0, 1.0)
-    server = live_server_factory(fal_concurrency=1)  # one image after the other
+    server = live_server_factory(workers=1, fal_concurrency=1)  # one image after the other, in order
     page = open_page(server)
     choose_model(page, "TRELLIS", "Microsoft TRELLIS")  # "Randomize seed" is on by default
     page.set_input_files("#images input[type=file]", [DUCK, MUG])

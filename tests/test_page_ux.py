@@ -103,7 +103,7 @@ def test_generate_brings_the_progress_into_view(live_server_factory, open_page, 
 def test_waiting_photos_say_queued_with_their_place_not_working(
         fake_fal, live_server_factory, open_page, backend, device: str) -> None:  # noqa: ANN001, F811
     fake_fal.set_latency(0.0, 3.0)
-    server = live_server_factory(fal_concurrency=1)  # one photo at a time: the others wait in line
+    server = live_server_factory(workers=1, fal_concurrency=1)  # one photo at a time, in order: the others wait in line
     page = open_page(server, width=SIZES[device][0], height=SIZES[device][1])
     page.set_input_files("#images input[type=file]", [DUCK, MUG, DUCK.replace("duck", "vase")])
     wait_for(page, lambda: page.locator("#thumbs img").count() == 3, 15, "three thumbnails")
