@@ -34,11 +34,19 @@ class BuildCrashed(Exception):
     """The generator raised in the build process (its message and traceback come along)."""
 
 
+def build(path: str | Path, params: dict[str, Any], progress: Callable[[float, str], None]) -> Any:
+    """One build in the calling process: a ReliefResult. Imported here, not at the top: the
+    generator loads OpenCV and SciPy, which a web process that only lists the offline model
+    never needs (see providers/relief/__init__.py)."""
+    from image2model.providers.relief.loading import load_image
+    from image2model.providers.relief.pipeline import generate_relief
+
+    return generate_relief(load_image(path), progress=progress, **params)
+
+
 def serve(requests: Connection, answers: Connection) -> None:
     """A build process: build what the pipe asks for, one at a time, until it closes."""
     from image2model.memory import release_free_memory
-    from image2model.providers.relief.loading import load_image
-    from image2model.providers.relief.pipeline import generate_relief
 
     while True:
         try:
@@ -46,8 +54,7 @@ def serve(requests: Connection, answers: Connection) -> None:
         except (EOFError, OSError):
             return
         try:
-            result = generate_relief(load_image(path), progress=lambda f, stage: answers.send(("progress", f, stage)),
-                                     **params)
+            result = build(path, params, lambda f, stage: answers.send(("progress", f, stage)))
             answers.send(("done", result))
         except Exception as exc:  # noqa: BLE001 - told to the item, the process lives on
             answers.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))

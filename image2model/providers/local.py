@@ -14,7 +14,7 @@ import time
 
 from image2model.memory import release_free_memory
 from image2model.providers.base import WAITING_FOR_CPU, ItemRun, ProviderOutput
-from image2model.providers.build_pool import shared_pool
+from image2model.providers.build_pool import build, shared_pool
 
 # What the item says when no object could be separated (mask_source "full_frame").
 NOTHING_STOOD_OUT = ("Nothing stood out from the background, so the whole photo became a flat plate. "
@@ -52,7 +52,7 @@ class LocalReliefProvider:
             if self.pool is not None:
                 result = self.pool.build(item.inputs[0], dict(item.params), report, item.check_stop)
             else:
-                result = build_here(item.inputs[0], item.params, report)
+                result = build(item.inputs[0], item.params, report)
             item.write_file(item.model_target, [result.glb])
             item.write_file(item.preview_target, [result.cutout])  # "what the model saw"
             kept = item.params.get("background") == "keep"  # asked for the whole photo: nothing to explain
@@ -69,11 +69,3 @@ class LocalReliefProvider:
     def cancel(self, item: ItemRun) -> None:
         """Nothing remote to stop: the build stops at its next check."""
 
-
-def build_here(path, params, report):  # noqa: ANN001, ANN201 - a ReliefResult
-    """In this thread. Imported here, not at the top: the generator loads OpenCV and SciPy,
-    which a web process that only lists this model never needs (see providers/relief/__init__.py)."""
-    from image2model.providers.relief.loading import load_image
-    from image2model.providers.relief.pipeline import generate_relief
-
-    return generate_relief(load_image(path), progress=report, **params)
