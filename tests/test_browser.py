@@ -21,6 +21,7 @@ import trimesh
 from PIL import Image
 
 from image2model.examples import EXAMPLES_DIR
+from image2model.jobs.fairness import share_of
 from image2model.jobs.model import JobState
 from tests.engine_helpers import load_glb, wait_done
 
@@ -157,6 +158,7 @@ def test_two_photos_become_models_to_view_and_download_and_the_page_comes_back(
     assert [r[0] for r in table] == ["duck.png", "mug.png"] and all(r[2] == "100%" for r in table)
     job_id = job_id_in_url(page)
     assert server.runtime.service.get(job_id).state == JobState.SUCCEEDED
+    assert server.runtime.service.get(job_id).share == share_of("ip:127.0.0.1")  # the visitor's fair share
     assert wait_rendered(page, "03-viewer-canvas") > 0.02
     wait_for(page, lambda: "vertices" in page.locator("#stats").inner_text(), 10, "mesh statistics")
     stats = page.locator("#stats").inner_text()

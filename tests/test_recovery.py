@@ -69,12 +69,12 @@ from image2model.runtime import Runtime
 runtime = Runtime(get_settings())
 real = runtime.service.enqueue
 calls = []
-def enqueue_then_die(job_id, index):
+def enqueue_then_die(job_id, index, turn):
     if calls:
         print(job_id, flush=True)
         os._exit(9)  # killed in the middle of the enqueue loop
     calls.append(index)
-    real(job_id, index)
+    real(job_id, index, turn)
 runtime.service.enqueue = enqueue_then_die
 paths = sys.argv[1:]
 runtime.service.create_job([Upload(Path(p).name, Path(p)) for p in paths], model="local/relief")

@@ -17,6 +17,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from image2model.examples import EXAMPLES_DIR
+from image2model.jobs.fairness import share_of
 from tests.engine_helpers import load_glb, make_image, wait_until
 
 SQLITE = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -65,6 +66,7 @@ def test_generate_turns_three_images_into_three_glbs(
     # exactly the job service's status shape, also from /job_status
     service = server.runtime.service
     assert status == service.status(service.get(status["job_id"]))
+    assert service.get(status["job_id"]).share == share_of("ip:127.0.0.1")  # the caller's fair share
     assert client.predict(status["job_id"], api_name="/job_status") == status
 
 

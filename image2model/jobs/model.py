@@ -79,6 +79,7 @@ class Item:
     # What we know of a paid submit before (or instead of) its request id: the uploaded input
     # URLs, when the submit was sent (the intent), and plain notes of what happened to it.
     fal_submit: dict[str, Any] = field(default_factory=dict)
+    turn: int | None = None  # its round in the fair queue (worker/queue.py); None: its index
     files: list[ResultFile] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     error: ItemError | None = None
@@ -117,6 +118,7 @@ class Job:
     params: dict[str, Any]
     items: list[Item]
     owner: str = ""  # who created it (an API key's id); empty for open access
+    share: str = ""  # whose fair share of the queue it runs in (jobs/fairness.py); "": its own
     own_fal_key: bool = False  # runs on a key the person gave (kept sealed apart, until the job ends)
     created_at: float = field(default_factory=time.time)
     cancel_requested: bool = False

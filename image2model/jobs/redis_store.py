@@ -255,6 +255,13 @@ class RedisJobStore(JobStore):
     def queued_items(self) -> list[tuple[str, Item]]:
         return self._items_in(QUEUED, ItemState.QUEUED)
 
+    def queued_jobs_in_share(self, share: str) -> int:
+        job_ids = sorted({member.rsplit("|", 1)[0] for member in self.redis.smembers(QUEUED)})
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(self._job_key(job_id), "meta")
+        return sum(1 for meta in pipe.execute() if meta is not None and json.loads(meta).get("share") == share)
+
     def queued_count(self) -> int:
         return int(self.redis.scard(QUEUED))  # an expired job's members linger until queued_items drops them
 

@@ -20,6 +20,7 @@ from image2model.config import Settings
 from image2model.errors import AppError, disk_full_error, is_disk_full
 from image2model.jobs.model import Item, ItemState, Job, Mode
 from image2model.jobs.endings import item_ended
+from image2model.jobs.fairness import Enqueue, share_of, turns_for
 from image2model.jobs.store import JobStore
 from image2model.media.images import inspect_image
 from image2model.metrics import ITEMS_CREATED, JOBS_CREATED, UPLOADS_REFUSED
@@ -56,7 +57,7 @@ class Upload:
 
 class JobService:
     def __init__(self, store: JobStore, files: FileStore, settings: Settings,
-                 enqueue: Callable[[str, int], None], seal: Callable[[str], str] | None = None):
+                 enqueue: Enqueue, seal: Callable[[str], str] | None = None):
         self.store = store
         self.files = files
         self.settings = settings
@@ -69,12 +70,14 @@ class JobService:
 
     # --- create ---------------------------------------------------------------------------
     def create_job(self, uploads: Sequence[Upload], model: str | None = None, mode: str | None = None,
-                   params: dict[str, Any] | None = None, owner: str = "", fal_key: str | None = None) -> Job:
+                   params: dict[str, Any] | None = None, owner: str = "", fal_key: str | None = None,
+                   share: str = "") -> Job:
         """Validate everything, then store and queue. Nothing is queued unless all is well.
+        `share`: who queues it (an API key's or visitor's identity), for fair turns.
         `fal_key`: the person's own FAL key; their FAL job runs on it alone and is not counted
         by this server's spending guard (the offline model needs none, so it is not kept)."""
         try:
-            job = self._create_job(uploads, model, mode, params, owner, fal_key)
+            job = self._create_job(uploads, model, mode, params, owner, fal_key, share_of(share))
         except AppError as exc:
             UPLOADS_REFUSED.labels(exc.code).inc()
             raise
@@ -83,7 +86,7 @@ class JobService:
         return job
 
     def _create_job(self, uploads: Sequence[Upload], model: str | None, mode: str | None,
-                    params: dict[str, Any] | None, owner: str, fal_key: str | None) -> Job:
+                    params: dict[str, Any] | None, owner: str, fal_key: str | None, share: str) -> Job:
         self._check_count(len(uploads))
         self._check_queue(len(uploads))
         own_key = check_fal_key(fal_key)
@@ -118,8 +121,10 @@ class JobService:
                 raise disk_full_error() from exc
             raise
         items = self._make_items(job_mode, names, stored)
+        for item, turn in zip(items, turns_for(self.store, share, len(items))):
+            item.turn = turn
         job = Job(id=job_id, model=spec.id, mode=job_mode, params=resolved, items=items, owner=owner,
-                  own_fal_key=bool(own_key))
+                  share=share, own_fal_key=bool(own_key))
         if own_key:
             if self.seal is None:
                 raise AppError("own_key_unsupported", "This server cannot take your own FAL key.", 422)
@@ -129,7 +134,7 @@ class JobService:
                  extra={"job_id": job_id, "model": spec.id})
         for item in items:
             try:
-                self.enqueue(job_id, item.index)
+                self.enqueue(job_id, item.index, item.turn)
             except Exception as exc:  # the queue is down: say so, and leave nothing half-queued
                 log.exception("enqueue failed", extra={"job_id": job_id})
                 self.cancel(job_id)

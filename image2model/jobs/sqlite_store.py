@@ -230,6 +230,12 @@ class SqliteJobStore(JobStore):
         rows = self._conn.execute("SELECT job_id, data FROM items WHERE state = ?", ("queued",)).fetchall()
         return [(job_id, Item.from_dict(json.loads(data))) for job_id, data in rows]
 
+    def queued_jobs_in_share(self, share: str) -> int:
+        return self._conn.execute(
+            "SELECT COUNT(DISTINCT items.job_id) FROM items JOIN jobs ON jobs.id = items.job_id "
+            "WHERE items.state = ? AND json_extract(jobs.data, '$.share') = ? AND jobs.created_at >= ?",
+            ("queued", share, time.time() - self.retention_seconds)).fetchone()[0]
+
     def queued_count(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM items WHERE state = ?", ("queued",)).fetchone()[0]
 

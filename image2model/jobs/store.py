@@ -108,6 +108,10 @@ class JobStore(ABC):
         """Items waiting for a worker; the reaper checks each has a queue task."""
 
     @abstractmethod
+    def queued_jobs_in_share(self, share: str) -> int:
+        """How many jobs of this fair share still have items waiting (jobs/fairness.py)."""
+
+    @abstractmethod
     def queued_count(self) -> int:
         """How many items wait for a worker, counted without reading them (every job start asks)."""
 

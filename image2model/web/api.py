@@ -249,7 +249,7 @@ def _create_job(api: Api, form: ReceivedForm, caller: Caller, fal_key: str | Non
         params, note = api.service.model_spec(model, own_key=bool(fal_key)).with_face_limit(params, face_limit)
         notes.append(note)
     job = api.service.create_job(uploads, model=model, mode=fields.get("mode") or None, params=params,
-                                 owner=caller.job_owner, fal_key=fal_key)
+                                 owner=caller.job_owner, fal_key=fal_key, share=caller.share)
     if fal_key and fal_key.strip() and not job.own_fal_key:
         notes.append("Your FAL key was not used or kept: the offline model runs here for free.")
     return job, notes

@@ -212,6 +212,12 @@ class Caller:
         """What the job service matches a job's owner against; None (anyone) when open."""
         return self.key_owner if self.auth_required else None
 
+    @property
+    def share(self) -> str:
+        """Whose fair share of the queue this caller's jobs run in: its key, or its address
+        (the same identity its rate limits count)."""
+        return f"key:{self.key_owner}" if self.key_owner else f"ip:{self.address}"
+
     def may_download(self, job_owner: str) -> bool:
         """Files of a page-made job (owner "") are reachable by its unguessable id, since a
         browser cannot send a key; a key's jobs only with that key."""
@@ -260,13 +266,14 @@ class ApiSecurity:
             presented = credentials.credentials if credentials else header_key
             owner = self.keys.owner_for(presented) if self.keys.required else None
             address = self.address(request)
-            await self._count(request, f"key:{owner}" if owner else f"ip:{address}", groups)
+            found = Caller(owner, self.keys.required, address)
+            await self._count(request, found.share, groups)
             if self.keys.required:
                 if presented and owner is None:
                     raise unauthorized("invalid_api_key", "That API key is not valid.")
                 if owner is None and key_required:
                     raise unauthorized("missing_api_key", f"This API needs a key: {KEY_HELP}.")
-            return Caller(owner, self.keys.required, address)
+            return found
 
         return caller
 

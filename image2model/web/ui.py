@@ -360,15 +360,15 @@ class Page:
         except AppError as exc:
             return refused(exc.message)
         result = await asyncio.to_thread(self.start_now, chosen, model_id, mode_value, options, stored,
-                                         current_job, own_key, session)
+                                         current_job, own_key, session, visitor)
         return await self.counted(visitor, result)
 
     def start_now(self, chosen: list[str] | None, model_id: str, mode_value: str, options: dict[str, Any],
-                  stored: Any, current_job: str, own_key: str | None, session: str) -> list[Any]:
+                  stored: Any, current_job: str, own_key: str | None, session: str, visitor: str) -> list[Any]:
         with self.starting:  # checked and created in one step: a second click must not pay again
             if self.tab_busy(current_job, session):
                 return refused(STILL_RUNNING)
-            result = self.launch(chosen, model_id, mode_value, options, stored, own_key)
+            result = self.launch(chosen, model_id, mode_value, options, stored, visitor, own_key)
             if session and isinstance(result[0], str):
                 self.session_jobs[session] = result[0]
         return result
@@ -406,15 +406,17 @@ class Page:
             visitor = await self.security.may_start(request)
         except AppError as exc:
             return [gr.skip(), *refused(exc.message)]
-        launched = await asyncio.to_thread(self.launch, chosen, LOCAL_MODEL, "per_image", {}, stored)
+        launched = await asyncio.to_thread(self.launch, chosen, LOCAL_MODEL, "per_image", {}, stored, visitor)
         return [gr.update(value=LOCAL_MODEL), *await self.counted(visitor, launched)]
 
     def launch(self, chosen: list[str] | None, model_id: str, mode_value: str, options: dict[str, Any],
-               stored: Any, own_key: str | None = None) -> list[Any]:
-        """Create the job through the job service; errors become a notice in plain words."""
+               stored: Any, visitor: str, own_key: str | None = None) -> list[Any]:
+        """Create the job through the job service, in the visitor's fair share of the queue;
+        errors become a notice in plain words."""
         uploads = uploads_from(chosen)
         try:
-            job = self.service.create_job(uploads, model=model_id, mode=mode_value, params=options, fal_key=own_key)
+            job = self.service.create_job(uploads, model=model_id, mode=mode_value, params=options,
+                                          fal_key=own_key, share=visitor)
         except Exception as exc:  # noqa: BLE001
             usable, problems = self.service.sort_uploads(uploads)
             if problems:  # already said under the photos: point there

@@ -51,10 +51,12 @@ def parse_options(options: Any) -> dict[str, Any] | None:
 
 
 def create_job(runtime: Runtime, uploads: list[Upload], model: str | None, mode: str | None,
-               options: Any, fal_key: str | None = None) -> dict[str, Any]:
-    """Create the job (blocking: it reads and copies the images) and return its status."""
+               options: Any, fal_key: str | None = None, share: str = "") -> dict[str, Any]:
+    """Create the job (blocking: it reads and copies the images) and return its status.
+    `share`: the caller's identity, for fair turns in the queue."""
     job = runtime.service.create_job(uploads, model=model or None, mode=mode or None,
-                                     params=parse_options(options), fal_key=fal_key if isinstance(fal_key, str) else None)
+                                     params=parse_options(options), fal_key=fal_key if isinstance(fal_key, str) else None,
+                                     share=share)
     return runtime.service.status(job)
 
 
@@ -109,7 +111,7 @@ def register_api(runtime: Runtime, security: ApiSecurity) -> None:
         try:
             visitor = await security.may_start(request)
             status = await asyncio.to_thread(create_job, runtime, uploads_from(images), model, mode, options,
-                                             fal_key)
+                                             fal_key, visitor)
             await security.count_start(visitor)
             async for status in follow_job(service, status["job_id"]):
                 progress(status["progress"] / 100, desc=f"{status['counts']['succeeded']} of "

@@ -1,9 +1,9 @@
 """The huey queue: SQLite in the data directory by default, Redis when REDIS_URL is set.
 
 Both are priority queues, so that every job gets its turn: an item's priority is minus its
-place in its job (`item_priority`), so the first photos of all jobs run before the second
-ones, and a one-photo job started behind a 250-photo one starts at the next free worker
-instead of after all 250. Equal priorities run in the order they were queued.
+turn (`item_priority`; jobs/fairness.py gives the turns), so the first photos of all jobs run
+before the second ones, and a one-photo job started behind a 250-photo one starts at the next
+free worker instead of after all 250. Equal priorities run in the order they were queued.
 
 huey's SQLite storage polls: every idle worker thread queries the database on a backoff.
 With 25 workers that costs CPU the web server wants, and adds up to a poll interval to every
@@ -65,9 +65,10 @@ class WakingSqliteStorage(SqliteStorage):
         return super().dequeue()
 
 
-def item_priority(index: int) -> int:
-    """huey runs higher priorities first: each job's first item, then each job's second..."""
-    return -index
+def item_priority(index: int, turn: int | None = None) -> int:
+    """huey runs higher priorities first: lower turns first (an item made before turns were
+    kept has its index as its turn)."""
+    return -(index if turn is None else turn)
 
 
 class PatientRedisStorage(RedisPriorityQueue, RedisStorage):

@@ -21,6 +21,7 @@ from image2model.config import Settings
 from image2model.errors import AppError
 from image2model.jobs.model import Item, ItemError, ItemState, Job, ResultFile
 from image2model.jobs.endings import item_ended
+from image2model.jobs.fairness import Enqueue
 from image2model.jobs.store import JobStore, StoreUnavailable
 from image2model.logs import log_context
 from image2model.media.meshes import mesh_stats
@@ -182,10 +183,10 @@ class LiveItemRun:
 
 class ItemRunner:
     def __init__(self, store: JobStore, files: FileStore, settings: Settings,
-                 providers: dict[str, Provider], enqueue: Callable[[str, int], None],
+                 providers: dict[str, Provider], enqueue: Enqueue,
                  pending_tasks: Callable[[], set[tuple[str, int]]] | None = None,
                  open_key: Callable[[str], str] | None = None,
-                 defer: Callable[[str, int], None] | None = None):
+                 defer: Enqueue | None = None):
         self.store = store
         self.defer = defer or enqueue  # queue an item's task again, to run a little later
         self.open_key = open_key  # unseals a person's own FAL key (see image2model/sealing.py)
@@ -242,7 +243,7 @@ class ItemRunner:
                                          f"{item.attempts} times; giving up."), expect=[ItemState.QUEUED])
             return False
         if self.stopping.is_set():
-            self.enqueue(job.id, index)  # leave it for the next process
+            self.enqueue(job.id, index, item.turn)  # leave it for the next process
             return False
         return True
 
@@ -260,7 +261,7 @@ class ItemRunner:
                 self.store.update_item(job.id, index, {"message": message}, expect_state=[ItemState.QUEUED])
             except StoreUnavailable:
                 pass
-        self.defer(job.id, index)
+        self.defer(job.id, index, job.items[index].turn)
         return None
 
     def _claim(self, job: Job, index: int, ctx: dict[str, Any]) -> Item | None:
@@ -459,7 +460,7 @@ class ItemRunner:
             expect_state=[ItemState.RUNNING], expect_worker=worker,
         )
         if back is not None:
-            self.enqueue(job_id, index)
+            self.enqueue(job_id, index, back.turn)
             log.info("item handed back for shutdown", extra={"job_id": job_id, "item": index})
 
     def _stop_remote(self, provider: Provider, run: LiveItemRun) -> None:
@@ -548,7 +549,7 @@ class ItemRunner:
                 expect_state=[ItemState.RUNNING], expect_worker=item.worker,
             )
             if back is not None:
-                self.enqueue(job_id, item.index)
+                self.enqueue(job_id, item.index, item.turn)
                 requeued.append((job_id, item.index))
                 log.warning("stale item put back on the queue", extra=ctx)
         return requeued + self._requeue_orphans(now)
@@ -578,7 +579,7 @@ class ItemRunner:
         requeued = []
         for job_id, item in waiting:
             if (job_id, item.index) not in pending:
-                self.enqueue(job_id, item.index)
+                self.enqueue(job_id, item.index, item.turn)
                 requeued.append((job_id, item.index))
                 log.warning("queued item had no queue task; queued again", extra={"job_id": job_id, "item": item.index})
         return requeued
