@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from image2model.errors import AppError
+from image2model.media.containers import Incomplete, check_container, check_webp, webp_header
 
 try:  # HEIC/HEIF (iPhone photos) and AVIF through pillow-heif, when installed
     import pillow_heif
@@ -28,6 +29,7 @@ MIN_SIDE = 8
 EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
               "TIFF": ".tiff", "HEIF": ".heic", "AVIF": ".avif"}
 EXIF_ORIENTATION = 0x0112
+FULL_DECODE_BYTES = 8 * 2**20  # a picture this big decoded is checked by decoding it; a bigger one by its container
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,9 @@ def inspect_image(path: Path, name: str, max_pixels: int) -> ImageInfo:
     """Check that the file really is a complete image we accept; AppError naming it if not."""
     if path.stat().st_size == 0:
         raise AppError("empty_file", f"'{name}' is empty (0 bytes).", 400, {"file": name})
+    big_webp = _big_webp(path, name, max_pixels)
+    if big_webp is not None:
+        return big_webp
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -55,7 +60,7 @@ def inspect_image(path: Path, name: str, max_pixels: int) -> ImageInfo:
                     raise _too_many_pixels(name, width, height, max_pixels)
                 if min(width, height) < 1:
                     raise _corrupt(name)
-                _decode_fully(img)
+                _check_complete(img, path)
         except AppError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -67,26 +72,62 @@ def inspect_image(path: Path, name: str, max_pixels: int) -> ImageInfo:
     return ImageInfo(fmt, width, height, mode)
 
 
+def _big_webp(path: Path, name: str, max_pixels: int) -> ImageInfo | None:
+    """A WebP too big to decode for the check, judged by its header and chunks (Pillow would
+    read all of it to open it); None for any other file, left to Pillow."""
+    try:
+        header = webp_header(path)
+        if header is None:
+            return None
+        width, height, mode = header
+        if width * height * len(mode) <= FULL_DECODE_BYTES:
+            return None
+        if width * height > max_pixels:
+            raise _too_many_pixels(name, width, height, max_pixels)
+        check_webp(path)
+    except Incomplete:
+        raise _corrupt(name) from None
+    return ImageInfo("WEBP", width, height, mode)
+
+
 def image_extension(path: Path) -> str:
     """The usual extension of the image format in the file (".png"), from its header only;
     "" when it is not an image we accept (inspect_image then says so, in words)."""
     try:
+        if webp_header(path) is not None:  # without Pillow, which would read it all
+            return ".webp"
         with Image.open(path) as img:
             return EXTENSIONS.get((img.format or "").upper(), "")
     except Exception:  # noqa: BLE001 - unreadable: no extension, the real check follows
         return ""
 
 
-def _decode_fully(img: Image.Image) -> None:
-    """Read every byte so a truncated or damaged file fails now, in little memory: a PNG has
-    each chunk's checksum checked without decoding the pixels (a full decode of a 10 MB PNG
-    held ~12 MiB per upload), a JPEG decodes at 1/8 scale; other formats decode fully."""
+def _check_complete(img: Image.Image, path: Path) -> None:
+    """Make a truncated or damaged file fail now, in little memory (at most about
+    FULL_DECODE_BYTES per upload): a PNG has each chunk's checksum checked without decoding
+    the pixels, a JPEG decodes at 1/8 scale, a small picture of another format decodes fully,
+    and a big one has its container walked (media/containers.py)."""
     if img.format == "PNG":
         img.verify()
         return
-    if img.format == "JPEG":
+    if img.format in ("JPEG", "MPO"):
         img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+    elif img.width * img.height * len(img.getbands()) > FULL_DECODE_BYTES and img.format != "WEBP":
+        try:
+            check_container(img, path)
+        except Incomplete as exc:
+            raise OSError(str(exc)) from None
+        return
     img.load()
+
+
+def load_checked(img: Image.Image, name: str) -> None:
+    """Decode an opened image for a model; damage the upload check could not see (inside the
+    compressed data of a big file) becomes AppError corrupt_image, in words."""
+    try:
+        img.load()
+    except Exception:  # noqa: BLE001 - any decoder failure
+        raise _corrupt(name) from None
 
 
 def _not_an_image(name: str) -> AppError:
@@ -118,7 +159,7 @@ def open_upright(path: Path, max_side: int) -> Image.Image:
         if img.format == "JPEG" and max(img.size) > 2 * max_side:
             img.draft("RGB", (max_side, max_side))  # decode big JPEGs at a fraction of the cost
         img.seek(0)  # GIF, TIFF pages: the first frame
-        img.load()
+        load_checked(img, path.name)
         upright = ImageOps.exif_transpose(img) or img
         converted = to_8bit(upright)
     if max(converted.size) > max_side:
@@ -133,6 +174,11 @@ PREVIEW_SIDE = 320
 def browser_preview(path: Path) -> Path:
     """The file itself when a browser can show it, else a small JPEG beside it (HEIC from an
     iPhone, TIFF): a thumbnail the browser cannot decode is a broken picture."""
+    try:
+        if webp_header(path) is not None:  # every browser shows WebP; Pillow would read it all
+            return path
+    except Incomplete:
+        pass
     with Image.open(path) as img:
         if img.format in BROWSER_FORMATS:
             return path

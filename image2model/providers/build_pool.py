@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from image2model.errors import AppError
 from image2model.providers.base import ItemFailed
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ def serve(requests: Connection, answers: Connection) -> None:
         try:
             result = build(path, params, lambda f, stage: answers.send(("progress", f, stage)))
             answers.send(("done", result))
+        except AppError as exc:  # a photo that cannot be read: its words go to the item
+            answers.send(("failed", exc.code, exc.message))
         except Exception as exc:  # noqa: BLE001 - told to the item, the process lives on
             answers.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         finally:
@@ -124,6 +127,8 @@ class BuildPool:
                 reusable = True
                 if kind == "done":
                     return rest[0]
+                if kind == "failed":
+                    raise ItemFailed(*rest)
                 log.warning("offline build failed: %s", rest[0])
                 raise BuildCrashed(f"{rest[0]}\n--- in the build process:\n{rest[1]}")
         except (EOFError, OSError) as exc:  # killed (the OOM killer, a signal) mid-build

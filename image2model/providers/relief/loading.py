@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pillow_heif
 from PIL import Image, ImageOps
+
+from image2model.media.images import load_checked
 
 SOURCE_MAX_SIDE = 1600  # working copy of the input; the texture (at most 1024) is cropped from it
 
@@ -26,7 +29,7 @@ def load_image(path: str | os.PathLike, *, max_side: int = SOURCE_MAX_SIDE) -> I
         scale = max_side / max(w, h)
         if scale < 1 and im.format == "JPEG":
             im.draft(im.mode, (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
-        im.load()
+        load_checked(im, Path(path).name)
         upright = _upright(shrink(im, max_side))
         return upright.copy() if upright is im else upright  # must outlive the open file
 

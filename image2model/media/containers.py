@@ -1,0 +1,161 @@
+"""Is every byte of an image file there? A streamed walk of its container, in constant memory.
+
+Checking an upload by decoding it holds the whole picture in memory: 48 MB for a 12 MP HEIC
+from an iPhone, per upload, in the web process. Where no decoder can check a file cheaply
+(PNG has chunk checksums, a JPEG decodes at 1/8 scale), big files are checked by walking
+their container instead: RIFF chunks (WebP), GIF blocks, ISO boxes (HEIC, AVIF), the strips
+or tiles a TIFF lists, the pixel rows a BMP declares. That finds what an interrupted upload
+or copy does to a file (it ends early). Damage inside the compressed data with the structure
+intact is found when the worker decodes the photo, which then fails in words.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+from PIL import Image
+
+
+class Incomplete(ValueError):
+    """The file ends before its structure does, or the structure makes no sense."""
+
+
+def check_container(img: Image.Image, path: Path) -> None:
+    """Raise Incomplete unless the container of the opened image `img` (read from `path`) is whole."""
+    size = path.stat().st_size
+    fmt = (img.format or "").upper()
+    with path.open("rb") as f:
+        if fmt == "GIF":
+            _check_gif(f, size)
+        elif fmt in ("HEIF", "AVIF"):
+            _check_iso_boxes(f, size)
+        elif fmt == "TIFF":
+            _check_tiff_data(img, size)
+        elif fmt == "BMP":
+            _check_bmp(img, size)
+        else:
+            raise Incomplete(f"no container check for {fmt}")
+
+
+def webp_header(path: Path) -> tuple[int, int, str] | None:
+    """(width, height, mode) of a WebP from its first chunk, or None when the file is no WebP.
+    Opening one with Pillow reads the whole file into memory (twice its size, for a lossless
+    photo), so a big one is judged from this and `check_webp` alone."""
+    with path.open("rb") as f:
+        head = f.read(30)
+    if len(head) < 30 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return None
+    kind, data = head[12:16], head[20:30]
+    if kind == b"VP8X":  # extended: canvas size, and whether there is alpha
+        width = int.from_bytes(data[4:7], "little") + 1
+        height = int.from_bytes(data[7:10], "little") + 1
+        return width, height, "RGBA" if data[0] & 0x10 else "RGB"
+    if kind == b"VP8L" and data[0] == 0x2F:  # lossless: 14-bit sizes after the signature
+        bits = int.from_bytes(data[1:5], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, "RGBA" if bits >> 28 & 1 else "RGB"
+    if kind == b"VP8 " and data[3:6] == b"\x9d\x01\x2a":  # lossy: key frame header
+        return (int.from_bytes(data[6:8], "little") & 0x3FFF,
+                int.from_bytes(data[8:10], "little") & 0x3FFF, "RGB")
+    raise Incomplete("an unknown WebP header")
+
+
+def check_webp(path: Path) -> None:
+    with path.open("rb") as f:
+        _check_riff(f, path.stat().st_size)
+
+
+def _read(f: BinaryIO, count: int) -> bytes:
+    data = f.read(count)
+    if len(data) != count:
+        raise Incomplete("the file ends early")
+    return data
+
+
+def _check_riff(f: BinaryIO, size: int) -> None:
+    """RIFF: the header's length is the file's, and every chunk fits in it."""
+    head = _read(f, 12)
+    declared = struct.unpack("<I", head[4:8])[0] + 8
+    if head[:4] != b"RIFF" or declared > size:
+        raise Incomplete("the file ends before its RIFF length")
+    at, kinds = 12, set()
+    while at + 8 <= declared:
+        f.seek(at)
+        kind, length = struct.unpack("<4sI", _read(f, 8))
+        at += 8 + length + (length & 1)
+        if at - (length & 1) > declared:
+            raise Incomplete(f"chunk {kind!r} runs past the end")
+        kinds.add(kind)
+    if not kinds & {b"VP8 ", b"VP8L", b"ANMF"}:
+        raise Incomplete("no image data")
+
+
+def _skip_sub_blocks(f: BinaryIO, size: int) -> None:
+    while length := _read(f, 1)[0]:
+        f.seek(length, 1)
+        if f.tell() > size:
+            raise Incomplete("the file ends inside a block")
+
+
+def _check_gif(f: BinaryIO, size: int) -> None:
+    """GIF: header, colour table, then blocks up to the end of the first picture's data."""
+    head = _read(f, 13)
+    if head[10] & 0x80:
+        f.seek(3 * 2 ** ((head[10] & 7) + 1), 1)
+    while True:
+        introducer = _read(f, 1)
+        if introducer == b"!":  # an extension: its label, then sub-blocks
+            _read(f, 1)
+            _skip_sub_blocks(f, size)
+        elif introducer == b",":  # the first picture: descriptor, local colours, LZW data
+            descriptor = _read(f, 9)
+            if descriptor[8] & 0x80:
+                f.seek(3 * 2 ** ((descriptor[8] & 7) + 1), 1)
+            _read(f, 1)
+            _skip_sub_blocks(f, size)
+            return
+        else:
+            raise Incomplete("no picture before the end")
+
+
+def _check_iso_boxes(f: BinaryIO, size: int) -> None:
+    """ISO base media (HEIC, AVIF): the top-level boxes tile the file exactly."""
+    at, kinds = 0, set()
+    while at < size:
+        f.seek(at)
+        length, kind = struct.unpack(">I4s", _read(f, 8))
+        if length == 1:
+            length = struct.unpack(">Q", _read(f, 8))[0]
+        elif length == 0:
+            length = size - at
+        if length < 8 or at + length > size:
+            raise Incomplete(f"box {kind!r} runs past the end")
+        kinds.add(kind)
+        at += length
+    if not {b"ftyp", b"meta"} <= kinds:
+        raise Incomplete("not a complete HEIF file")
+
+
+def _check_tiff_data(img: Image.Image, size: int) -> None:
+    """TIFF: every strip or tile the first page lists lies inside the file."""
+    tags = img.tag_v2  # type: ignore[attr-defined]
+    offsets = tags.get(273) or tags.get(324)
+    counts = tags.get(279) or tags.get(325)
+    if not offsets or not counts:
+        raise Incomplete("no image data listed")
+    offsets = offsets if isinstance(offsets, tuple) else (offsets,)
+    counts = counts if isinstance(counts, tuple) else (counts,)
+    if max(o + c for o, c in zip(offsets, counts)) > size:
+        raise Incomplete("the file ends before its image data")
+
+
+def _check_bmp(img: Image.Image, size: int) -> None:
+    """BMP: the pixel rows it declares (as Pillow read the header) fit in the file; of
+    run-length data only its start is known."""
+    tile = img.tile[0]
+    needed = 1
+    if tile[0] == "raw":  # args: (raw mode, bytes per row, direction)
+        needed = tile[3][1] * img.size[1]
+    if tile[2] + needed > size:
+        raise Incomplete("the file ends before its pixel data")
