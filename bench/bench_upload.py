@@ -64,7 +64,7 @@ def measure(app: AppProcess, images: list[Path], runs: int) -> dict:
         peak = proc_status_kb(app.pid, "VmHWM")
         growths.append((peak - before) / 1024 if peak_reset else float("nan"))
     total_mb = sum(p.stat().st_size for p in images) / 1048576
-    growth = median(growths)
+    growth = max(growths)  # the first upload of a format shows it; later ones reuse the freed heap
     return {"files": len(images), "total_mb": round(total_mb, 1), "wall_s": round(median(walls), 3),
             "peak_growth_mib": round(growth, 1), "target_mib": 10, "met": growth <= 10,
             "mb_per_s": round(total_mb / median(walls), 1), "growths_mib": [round(g, 1) for g in growths]}
@@ -99,7 +99,7 @@ def main() -> None:
         for ext, path in photos.items():
             rows.append({"format": f"{ext} ({photo_size[0] * photo_size[1] / 1e6:.0f} MP photo)",
                          **measure_fresh(tmp / ext, [path] * min(count, 5), runs)})
-    report("P4-upload", "P4 upload: one REST request with every file (median)",
+    report("P4-upload", "P4 upload: one REST request with every file (wall: median; growth: the largest)",
            ["format", "files", "total_mb", "wall_s", "mb_per_s", "peak_growth_mib", "met"], rows, args.quick)
 
 

@@ -189,3 +189,31 @@ def test_cancel_requested_is_cheap_and_knows_gone_jobs(store) -> None:  # noqa: 
     assert store.cancel_requested(job.id) is True
     store.delete(job.id)
     assert store.cancel_requested(job.id) is None
+
+
+def test_a_job_read_again_sees_every_change_and_nobody_elses_edits(store, settings_factory) -> None:  # noqa: ANN001
+    """Reads decode only the items whose stored text changed (DecodedItems): a change made
+    through another store object is seen, unchanged items are not decoded again, and an
+    Item one reader changes in its copy is not what the next reader gets."""
+    other = make_store(settings_factory())  # first: a Redis test's settings start from an empty server
+    job = new_job(25)
+    store.create(job)
+    store.get(job.id)
+    try:
+        other.update_item(job.id, 7, {"progress": 42.0, "message": "halfway"})
+        decoded = []
+        real = Item.from_dict
+        Item.from_dict = classmethod(lambda cls, data: decoded.append(data["index"]) or real(data))  # type: ignore[method-assign]
+        try:
+            read = store.get(job.id)
+        finally:
+            Item.from_dict = real  # type: ignore[method-assign]
+        assert decoded == [7], decoded  # one of 25 decoded again
+        assert read.items[7].progress == 42.0 and read.items[7].message == "halfway"
+        read.items[3].message = "changed by one reader"
+        read.items[3].progress = 99.0
+        again = store.get(job.id)
+        assert again.items[3].message == "Waiting for a worker" and again.items[3].progress == 0.0
+        assert again.items[7].progress == 42.0
+    finally:
+        other.close()

@@ -155,8 +155,7 @@ class Job:
         return data
 
     @classmethod
-    def from_dicts(cls, job: dict[str, Any], items: list[dict[str, Any]]) -> Job:
+    def with_items(cls, job: dict[str, Any], items: list[Item]) -> Job:
         job = dict(job)
         job["mode"] = Mode(job["mode"])
-        parsed = sorted((Item.from_dict(i) for i in items), key=lambda i: i.index)
-        return cls(items=parsed, **job)
+        return cls(items=sorted(items, key=lambda i: i.index), **job)

@@ -169,7 +169,7 @@ class RedisJobStore(JobStore):
             return None
         job = json.loads(meta["meta"])
         job["version"] = int(meta["version"])
-        return Job.from_dicts(job, [json.loads(v) for v in items.values()])
+        return Job.with_items(job, [self.decoded.item(job_id, key, raw) for key, raw in items.items()])
 
     def version(self, job_id: str) -> int | None:
         value = self.redis.hget(self._job_key(job_id), "version")

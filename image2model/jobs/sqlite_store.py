@@ -123,12 +123,12 @@ class SqliteJobStore(JobStore):
             row = conn.execute("SELECT data, version, created_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or self._expired(row[2]):
                 return None
-            items = conn.execute("SELECT data FROM items WHERE job_id = ?", (job_id,)).fetchall()
+            items = conn.execute("SELECT idx, data FROM items WHERE job_id = ?", (job_id,)).fetchall()
         finally:
             conn.execute("COMMIT")
         job = json.loads(row[0])
         job["version"] = row[1]
-        return Job.from_dicts(job, [json.loads(r[0]) for r in items])
+        return Job.with_items(job, [self.decoded.item(job_id, str(idx), data) for idx, data in items])
 
     def version(self, job_id: str) -> int | None:
         row = self._conn.execute("SELECT version, created_at FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
@@ -29,6 +30,28 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     return value
+
+
+class DecodedItems:
+    """Items decoded from their stored JSON, kept by that text: readers read a job again on
+    every change (each SSE stream, each task), and usually one item of 25 has changed, so
+    only that one is decoded again. Each caller gets its own copy of the Item."""
+
+    LIMIT = 5000  # entries (about 1.5 KB each); all are dropped at once past it
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, str], tuple[str, Item]] = {}
+
+    def item(self, job_id: str, key: str, raw: str) -> Item:
+        found = self._by_key.get((job_id, key))
+        if found is None or found[0] != raw:
+            found = (raw, Item.from_dict(json.loads(raw)))
+            if len(self._by_key) >= self.LIMIT:
+                self._by_key.clear()
+            self._by_key[(job_id, key)] = found
+        copy = Item.__new__(Item)
+        copy.__dict__.update(found[1].__dict__)
+        return copy
 
 
 class StoreUnavailable(Exception):
@@ -58,6 +81,7 @@ class JobStore(ABC):
     def __init__(self, retention_seconds: float):
         self.retention_seconds = retention_seconds
         self.changes = ChangeHub(self.version)
+        self.decoded = DecodedItems()
 
     # --- records -------------------------------------------------------------------------
     @abstractmethod

@@ -52,16 +52,25 @@ class Snapshot:
     data: str  # the status as JSON, encoded once per version
     visible: dict[str, Any]  # the status without the version: what a client can tell apart
     original: str  # the status with the original API's fields, for its event names
-    files: tuple[tuple[tuple[Any, ...], str], ...]  # per item: what a file list shows, its file_update
+    file_keys: tuple[tuple[Any, ...], ...]  # per item: what a file list shows (a change: a file_update)
+    _file_updates: dict[int, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, job: Job, live: Liveness = Liveness()) -> Snapshot:
         status = job_status(job, live)
         data = encode(status)
-        files = tuple((item_key(item), encode(file_fields(status, item))) for item in status["items"])
+        file_keys = tuple(item_key(item) for item in status["items"])
         original = encode(job_fields(status))
         status.pop("version")
-        return cls(job, data, status, original, files)
+        return cls(job, data, status, original, file_keys)
+
+    def file_update(self, index: int) -> str:
+        """Item `index`'s file_update, encoded when a stream first needs it (most versions
+        change one item of many, and no stream sends the others)."""
+        found = self._file_updates.get(index)
+        if found is None:
+            found = self._file_updates[index] = encode(file_fields(self.visible, self.visible["items"][index]))
+        return found
 
     @property
     def version(self) -> int:
@@ -205,9 +214,9 @@ async def job_events(watchers: Watchers, job: Job, last_event_id: int | None, he
                 return
             if snapshot.version > sent and snapshot.visible != sent_visible:
                 blocks = []
-                for index, (key, data) in enumerate(snapshot.files):
+                for index, key in enumerate(snapshot.file_keys):
                     if sent_files.get(index) != key:
-                        blocks.append(format_event("file_update", data))
+                        blocks.append(format_event("file_update", snapshot.file_update(index)))
                         sent_files[index] = key
                 blocks.append(format_event(snapshot.event, snapshot.data, snapshot.version))
                 blocks.append(format_event(original_event(snapshot.event), snapshot.original))
