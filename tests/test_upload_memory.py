@@ -121,3 +121,27 @@ def test_damage_inside_a_big_photo_fails_that_photo_in_words(runtime_factory, bi
     assert bad.state == ItemState.FAILED and bad.error is not None and bad.error.code == "corrupt_image", bad.error
     assert "damaged" in bad.error.message and "damaged.tiff" in bad.error.message
     assert fine.state == ItemState.SUCCEEDED
+
+
+@pytest.mark.parametrize("fmt, options, mode", [
+    ("WEBP", {"quality": 80}, "RGB"), ("WEBP", {"quality": 80}, "RGBA"), ("WEBP", {"lossless": True}, "RGBA"),
+    ("HEIF", {"quality": 60}, "RGB"), ("AVIF", {"quality": 60}, "RGB"),
+])
+def test_the_size_read_from_a_header_is_the_one_pillow_decodes(tmp_path, fmt: str, options: dict, mode: str) -> None:  # noqa: ANN001
+    """Big WebP, HEIC and AVIF files are judged by their headers alone (their decoders read
+    the whole file to open it): odd sizes, alpha or none, lossy or lossless."""
+    from image2model.media.images import inspect_image
+
+    image = photo((1901, 1533)).convert(mode)
+    path = tmp_path / f"odd.{fmt.lower()}"
+    image.save(path, fmt, **options)
+    info = inspect_image(path, path.name, 100_000_000)
+    with Image.open(path) as img:
+        assert info.format == img.format
+        if fmt == "WEBP":
+            assert (info.width, info.height, info.mode) == (*img.size, img.mode)
+        else:  # HEIF and AVIF declare the coded size, rounded up to even; the picture is cropped from it
+            assert (info.width - img.width, info.height - img.height) in {(0, 0), (1, 1)}, (info, img.size)
+    with pytest.raises(AppError) as refused:  # the pixel limit, from the header too
+        inspect_image(path, path.name, 1901 * 1533 - 1)
+    assert refused.value.code == "image_too_large" and f"{info.width}x{info.height}" in refused.value.message

@@ -27,7 +27,9 @@ def check_container(img: Image.Image, path: Path) -> None:
     size = path.stat().st_size
     fmt = (img.format or "").upper()
     with path.open("rb") as f:
-        if fmt == "GIF":
+        if fmt == "WEBP":
+            _check_riff(f, size)
+        elif fmt == "GIF":
             _check_gif(f, size)
         elif fmt in ("HEIF", "AVIF"):
             _check_iso_boxes(f, size)
@@ -59,6 +61,62 @@ def webp_header(path: Path) -> tuple[int, int, str] | None:
         return (int.from_bytes(data[6:8], "little") & 0x3FFF,
                 int.from_bytes(data[8:10], "little") & 0x3FFF, "RGB")
     raise Incomplete("an unknown WebP header")
+
+
+HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
+META_LIMIT = 1 << 20  # the meta box holds the image index: a few KB (a huge one is no photo)
+
+
+def heif_header(path: Path) -> tuple[str, int, int] | None:
+    """(format, width, height) of a HEIC or AVIF from its ftyp and meta boxes (the largest
+    image size declared, `ispe`), or None when the file is neither. libheif reads the whole
+    file into memory to open it (twice its size, in Pillow), so a big one is judged by this
+    and `check_iso_boxes` alone."""
+    with path.open("rb") as f:
+        head = f.read(32)
+        if len(head) < 16 or head[4:8] != b"ftyp":
+            return None
+        ftyp_size = struct.unpack(">I", head[:4])[0]
+        f.seek(0)
+        ftyp = f.read(min(ftyp_size, 256))
+        brands = {ftyp[8:12]} | {ftyp[n:n + 4] for n in range(16, len(ftyp) - 3, 4)}
+        if not brands & HEIF_BRANDS:
+            return None
+        fmt = "AVIF" if brands & {b"avif", b"avis"} and ftyp[8:12] != b"heic" else "HEIF"
+        at, size = ftyp_size, path.stat().st_size
+        while at + 8 <= size:
+            f.seek(at)
+            length, kind = struct.unpack(">I4s", _read(f, 8))
+            if length == 1:
+                length = struct.unpack(">Q", _read(f, 8))[0]
+            if kind == b"meta":
+                if length > META_LIMIT:
+                    raise Incomplete("an image index too big for a photo")
+                f.seek(at)
+                sizes = _image_sizes(_read(f, length))
+                if not sizes:
+                    raise Incomplete("no image size declared")
+                width, height = max(sizes, key=lambda wh: wh[0] * wh[1])
+                return fmt, width, height
+            if length < 8:
+                raise Incomplete("a box with no length")
+            at += length
+    raise Incomplete("no image index")
+
+
+def _image_sizes(meta: bytes) -> list[tuple[int, int]]:
+    """Every `ispe` (image spatial extents) property inside the meta box."""
+    found, at = [], 0
+    while (at := meta.find(b"ispe", at)) >= 4:
+        if at + 16 <= len(meta) and struct.unpack(">I", meta[at - 4:at])[0] == 20:
+            found.append(struct.unpack(">II", meta[at + 8:at + 16]))
+        at += 4
+    return found
+
+
+def check_iso_boxes(path: Path) -> None:
+    with path.open("rb") as f:
+        _check_iso_boxes(f, path.stat().st_size)
 
 
 def check_webp(path: Path) -> None:

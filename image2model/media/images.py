@@ -14,7 +14,8 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from image2model.errors import AppError
-from image2model.media.containers import Incomplete, check_container, check_webp, webp_header
+from image2model.media.containers import (Incomplete, check_container, check_iso_boxes, check_webp, heif_header,
+                                          webp_header)
 
 try:  # HEIC/HEIF (iPhone photos) and AVIF through pillow-heif, when installed
     import pillow_heif
@@ -44,9 +45,9 @@ def inspect_image(path: Path, name: str, max_pixels: int) -> ImageInfo:
     """Check that the file really is a complete image we accept; AppError naming it if not."""
     if path.stat().st_size == 0:
         raise AppError("empty_file", f"'{name}' is empty (0 bytes).", 400, {"file": name})
-    big_webp = _big_webp(path, name, max_pixels)
-    if big_webp is not None:
-        return big_webp
+    big = _big_by_header(path, name, max_pixels)
+    if big is not None:
+        return big
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -72,30 +73,43 @@ def inspect_image(path: Path, name: str, max_pixels: int) -> ImageInfo:
     return ImageInfo(fmt, width, height, mode)
 
 
-def _big_webp(path: Path, name: str, max_pixels: int) -> ImageInfo | None:
-    """A WebP too big to decode for the check, judged by its header and chunks (Pillow would
-    read all of it to open it); None for any other file, left to Pillow."""
+def _big_by_header(path: Path, name: str, max_pixels: int) -> ImageInfo | None:
+    """A WebP, HEIC or AVIF too big to decode for the check, judged by its header and its
+    container (their decoders read the whole file into memory just to open it); None for
+    any other file, and for a small one, left to Pillow."""
     try:
-        header = webp_header(path)
+        header = _sniff(path)
         if header is None:
             return None
-        width, height, mode = header
+        fmt, width, height, mode = header
         if width * height * len(mode) <= FULL_DECODE_BYTES:
             return None
         if width * height > max_pixels:
             raise _too_many_pixels(name, width, height, max_pixels)
-        check_webp(path)
+        if min(width, height) < 1:
+            raise _corrupt(name)
+        (check_webp if fmt == "WEBP" else check_iso_boxes)(path)
     except Incomplete:
         raise _corrupt(name) from None
-    return ImageInfo("WEBP", width, height, mode)
+    return ImageInfo(fmt, width, height, mode)
+
+
+def _sniff(path: Path) -> tuple[str, int, int, str] | None:
+    """(format, width, height, mode) of a WebP, HEIC or AVIF from its header alone, else None."""
+    webp = webp_header(path)
+    if webp is not None:
+        return ("WEBP", *webp)
+    heif = heif_header(path)
+    return None if heif is None else (*heif, "RGB")
 
 
 def image_extension(path: Path) -> str:
     """The usual extension of the image format in the file (".png"), from its header only;
     "" when it is not an image we accept (inspect_image then says so, in words)."""
     try:
-        if webp_header(path) is not None:  # without Pillow, which would read it all
-            return ".webp"
+        sniffed = _sniff(path)  # without opening it, which would read all of it
+        if sniffed is not None:
+            return EXTENSIONS[sniffed[0]]
         with Image.open(path) as img:
             return EXTENSIONS.get((img.format or "").upper(), "")
     except Exception:  # noqa: BLE001 - unreadable: no extension, the real check follows
@@ -112,7 +126,7 @@ def _check_complete(img: Image.Image, path: Path) -> None:
         return
     if img.format in ("JPEG", "MPO"):
         img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
-    elif img.width * img.height * len(img.getbands()) > FULL_DECODE_BYTES and img.format != "WEBP":
+    elif img.width * img.height * len(img.getbands()) > FULL_DECODE_BYTES:
         try:
             check_container(img, path)
         except Incomplete as exc:
@@ -175,7 +189,8 @@ def browser_preview(path: Path) -> Path:
     """The file itself when a browser can show it, else a small JPEG beside it (HEIC from an
     iPhone, TIFF): a thumbnail the browser cannot decode is a broken picture."""
     try:
-        if webp_header(path) is not None:  # every browser shows WebP; Pillow would read it all
+        sniffed = _sniff(path)
+        if sniffed is not None and sniffed[0] in BROWSER_FORMATS:  # no need to open it (and read it all)
             return path
     except Incomplete:
         pass
