@@ -324,3 +324,28 @@ def test_rfc5987_file_names(server, disposition, expected) -> None:  # noqa: ANN
     status, answer = raw_request(server.port, head.encode(), body)
     assert status == 202, answer
     assert json.loads(answer)["uploaded_files"][0]["filename"] == expected
+
+
+def test_the_upload_answers_before_its_items_are_queued_and_a_lost_queueing_loses_nothing(
+        live_server_factory) -> None:  # noqa: ANN001
+    """The items are queued once the 202 is sent (their start must not delay the answer). So
+    a queue that fails at that moment cannot turn the answer into an error: the job is kept,
+    and the reaper queues its items when they have waited ORPHAN_GRACE_SECONDS with no task."""
+    server = live_server_factory(fal_key="", **OPEN_LIMITS)
+    service = server.runtime.service
+    real, failed = service.enqueue, []
+
+    def enqueue_fails_once(job_id: str, index: int, turn: int | None) -> None:
+        if not failed:
+            failed.append(job_id)
+            raise ConnectionError("the queue went away")
+        real(job_id, index, turn)
+
+    service.enqueue = enqueue_fails_once
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        response = post_images(client, [("late.png", png(3)), ("later.png", png(4))])
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    done = wait_job(server, job_id, timeout=60)
+    assert failed == [job_id], "the enqueue was not tried"
+    assert done.state == JobState.SUCCEEDED, [i.error for i in done.items]

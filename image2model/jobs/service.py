@@ -71,13 +71,15 @@ class JobService:
     # --- create ---------------------------------------------------------------------------
     def create_job(self, uploads: Sequence[Upload], model: str | None = None, mode: str | None = None,
                    params: dict[str, Any] | None = None, owner: str = "", fal_key: str | None = None,
-                   share: str = "") -> Job:
+                   share: str = "", queue: bool = True) -> Job:
         """Validate everything, then store and queue. Nothing is queued unless all is well.
         `share`: who queues it (an API key's or visitor's identity), for fair turns.
+        `queue=False`: the caller queues it with `queue_items` (the REST upload does, once its
+        answer is sent); a job never queued is queued by the reaper (ORPHAN_GRACE_SECONDS).
         `fal_key`: the person's own FAL key; their FAL job runs on it alone and is not counted
         by this server's spending guard (the offline model needs none, so it is not kept)."""
         try:
-            job = self._create_job(uploads, model, mode, params, owner, fal_key, share_of(share))
+            job = self._create_job(uploads, model, mode, params, owner, fal_key, share_of(share), queue)
         except AppError as exc:
             UPLOADS_REFUSED.labels(exc.code).inc()
             raise
@@ -86,7 +88,8 @@ class JobService:
         return job
 
     def _create_job(self, uploads: Sequence[Upload], model: str | None, mode: str | None,
-                    params: dict[str, Any] | None, owner: str, fal_key: str | None, share: str) -> Job:
+                    params: dict[str, Any] | None, owner: str, fal_key: str | None, share: str,
+                    queue: bool) -> Job:
         self._check_count(len(uploads))
         self._check_queue(len(uploads))
         own_key = check_fal_key(fal_key)
@@ -132,15 +135,22 @@ class JobService:
         self.store.create(job)
         log.info("job created: %d images, %d items", len(uploads), len(items),
                  extra={"job_id": job_id, "model": spec.id})
-        for item in items:
-            try:
-                self.enqueue(job_id, item.index, item.turn)
-            except Exception as exc:  # the queue is down: say so, and leave nothing half-queued
-                log.exception("enqueue failed", extra={"job_id": job_id})
-                self.cancel(job_id)
-                raise AppError("queue_unavailable", "The work queue is not reachable right now; "
-                               "please try again in a minute.", 503) from exc
+        if queue and not self.queue_items(job):  # the queue is down: say so, and leave nothing half-queued
+            self.cancel(job_id)
+            raise AppError("queue_unavailable", "The work queue is not reachable right now; "
+                           "please try again in a minute.", 503)
         return job
+
+    def queue_items(self, job: Job) -> bool:
+        """One queue task per item; False when the queue failed (logged). Items left without a
+        task are still queued records, and the reaper queues them once the queue is back."""
+        try:
+            for item in job.items:
+                self.enqueue(job.id, item.index, item.turn)
+        except Exception:  # noqa: BLE001 - said by the caller, or left to the reaper
+            log.exception("enqueue failed", extra={"job_id": job.id})
+            return False
+        return True
 
     def model_spec(self, model: str | None, own_key: bool = False) -> ModelSpec:
         """The model a job would run (the default when none is named), or AppError saying why

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match, Mount
@@ -174,9 +174,11 @@ def _job_routes(router: APIRouter, api: Api) -> None:
     reader = api.security.dependency(key_required=False)  # a key, or the job's token (checked by the route)
     upload_caller = api.security.dependency(groups=("api", "upload"))
 
-    async def upload(request: Request, response: Response, caller: Caller = Depends(upload_caller),
+    async def upload(request: Request, response: Response, queue_later: BackgroundTasks,
+                     caller: Caller = Depends(upload_caller),
                      fal_key: str | None = Header(None, alias="X-Fal-Key", description=FAL_KEY_HELP)) -> dict:
-        """Start a job. The images are streamed to disk with the size cap enforced while reading."""
+        """Start a job. The images are streamed to disk with the size cap enforced while reading.
+        Its items are queued once the answer is sent, so their start does not delay it."""
         try:
             form = await receive_form(request, api.incoming, api.limits)
         except AppError as exc:  # refused before the job service saw it (size, type, form)
@@ -188,6 +190,7 @@ def _job_routes(router: APIRouter, api: Api) -> None:
             await run_in_threadpool(form.cleanup)
         body = _upload_body(api, job, form, notes)
         response.headers["Location"] = body["links"]["status"]
+        queue_later.add_task(api.service.queue_items, job)
         return body
 
     for path, listed in (("/upload/", True), ("/upload", False)):
@@ -249,7 +252,7 @@ def _create_job(api: Api, form: ReceivedForm, caller: Caller, fal_key: str | Non
         params, note = api.service.model_spec(model, own_key=bool(fal_key)).with_face_limit(params, face_limit)
         notes.append(note)
     job = api.service.create_job(uploads, model=model, mode=fields.get("mode") or None, params=params,
-                                 owner=caller.job_owner, fal_key=fal_key, share=caller.share)
+                                 owner=caller.job_owner, fal_key=fal_key, share=caller.share, queue=False)
     if fal_key and fal_key.strip() and not job.own_fal_key:
         notes.append("Your FAL key was not used or kept: the offline model runs here for free.")
     return job, notes
