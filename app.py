@@ -18,7 +18,7 @@ from fastapi import FastAPI
 
 from image2model.config import get_settings
 from image2model.logs import setup_logging
-from image2model.memory import limit_malloc_arenas
+from image2model.memory import freeze_startup_objects, limit_malloc_arenas
 from image2model.runtime import Runtime, get_runtime
 from image2model.web.access_log import AccessLog
 from image2model.web.admin import ADMIN_PATH, mount_admin
@@ -97,7 +97,9 @@ def main() -> None:
     settings = get_settings()
     setup_logging(settings.log_level, settings.log_format)
     limit_malloc_arenas()
-    uvicorn.run(create_app(), host=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), port=settings.port,
+    app = create_app()
+    freeze_startup_objects()
+    uvicorn.run(app, host=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"), port=settings.port,
                 log_config=None, access_log=False,  # ACCESS_LOG: image2model/web/access_log.py
                 timeout_graceful_shutdown=30,
                 proxy_headers=False)  # TRUSTED_PROXIES alone decides whom to believe

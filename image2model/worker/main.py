@@ -13,7 +13,7 @@ from huey.consumer_options import ConsumerConfig
 
 from image2model.config import get_settings
 from image2model.logs import setup_logging
-from image2model.memory import limit_malloc_arenas
+from image2model.memory import freeze_startup_objects, limit_malloc_arenas
 from image2model.runtime import get_runtime
 
 
@@ -29,6 +29,7 @@ setup_logging(get_settings().log_level, get_settings().log_format)
 limit_malloc_arenas()
 runtime = get_runtime()
 huey = runtime.huey
+freeze_startup_objects()
 
 
 @huey.on_startup()
