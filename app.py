@@ -22,9 +22,9 @@ from image2model.memory import freeze_startup_objects, limit_malloc_arenas
 from image2model.runtime import Runtime, get_runtime
 from image2model.web.access_log import AccessLog
 from image2model.web.admin import ADMIN_PATH, mount_admin
-from image2model.web.api import build_api
+from image2model.web.rest.api import build_api
 from image2model.web.mcp_tools import LoopbackToSelf, repair_mcp_server
-from image2model.web.ui import UI_CSS, UI_HEAD, UI_THEME, build_ui, upload_ceiling
+from image2model.web.page.blocks import UI_CSS, UI_HEAD, UI_THEME, build_ui, upload_ceiling
 
 log = logging.getLogger("image2model.app")
 

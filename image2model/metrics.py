@@ -5,7 +5,7 @@ and uploads refused; whoever runs an item (the embedded consumer in the web proc
 `huey_consumer`) counts items, FAL requests and durations. So in Redis mode each huey_consumer
 serves its own (WORKER_METRICS_PORT) and Prometheus adds them up; the cluster-wide figures
 (queue depth, live workers, spending) come from the shared store, reported by the web process
-at scrape time (image2model/web/metrics_route.py).
+at scrape time (image2model/web/rest/metrics_route.py).
 
 Labels are bounded: model ids come from the catalog, error codes and states from our own code,
 never from a client.

@@ -17,7 +17,7 @@ import pytest
 from gradio.utils import NamedString
 
 from image2model.examples import EXAMPLES_DIR
-from image2model.web.ui_files import uploads_from
+from image2model.web.page.files import uploads_from
 from tests.engine_helpers import make_image
 
 JS_DIR = Path(__file__).resolve().parent / "js"

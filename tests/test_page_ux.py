@@ -10,7 +10,7 @@ import numpy as np
 
 import pytest
 
-from image2model.web.ui_view import table_rows
+from image2model.web.page.view import table_rows
 from tests.rest_helpers import encode, picture
 from tests.test_browser import (  # noqa: F401 - open_page is a fixture
     DUCK,
@@ -211,7 +211,7 @@ def test_the_model_picker_names_each_model_once_and_a_fixed_mode_looks_fixed(
 def test_settings_help_is_in_plain_words() -> None:
     """Point 10: the advanced settings' labels and help avoid the jargon they had."""
     from image2model.providers.catalog import catalog
-    from image2model.web.ui_form import param_label
+    from image2model.web.page.form import param_label
 
     jargon = ("diffusion", "octree", "sampling", "mesh grid", "physically based", "polygon", "pbr-ready",
               "grid cells", "simplifying", "pbr texture")

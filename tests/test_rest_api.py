@@ -14,7 +14,7 @@ import trimesh
 from image2model.jobs.model import JobState
 from image2model.jobs.service import Upload, item_status, job_status
 from image2model.providers.catalog import catalog
-from image2model.web.schemas import ItemStatus, JobStatus
+from image2model.web.rest.schemas import ItemStatus, JobStatus
 from tests.rest_helpers import (  # noqa: F401 - backend is a fixture
     OPEN_LIMITS, assert_error, assert_nothing_queued, backend, png, post_images, wait_job,
 )

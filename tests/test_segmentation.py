@@ -22,7 +22,7 @@ from image2model.jobs.model import JobState
 from image2model.jobs.service import Upload, job_status
 from image2model.providers.local import NOTHING_STOOD_OUT
 from image2model.providers.relief import generate_relief
-from image2model.web.ui_view import table_rows
+from image2model.web.page.view import table_rows
 from tests import imagefactory as factory
 from tests.engine_helpers import wait_done
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse, connect_sse
 
-from image2model.web.schemas import JobStatus
+from image2model.web.rest.schemas import JobStatus
 from tests.conftest import _flush, start_consumer_process
 from tests.engine_helpers import wait_until
 from tests.rest_helpers import (  # noqa: F401 - backend is a fixture

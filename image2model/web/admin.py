@@ -24,7 +24,7 @@ from image2model.errors import AppError
 from image2model.jobs.model import ItemState
 from image2model.ops import FailureGroup, Overview, WorkerView, job_row, overview
 from image2model.runtime import Runtime
-from image2model.web.ui_style import UI_THEME
+from image2model.web.page.style import UI_THEME
 
 log = logging.getLogger(__name__)
 

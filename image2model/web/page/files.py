@@ -19,7 +19,7 @@ from image2model.media.images import image_extension
 from image2model.media.meshes import convert
 from image2model.media.render import render_thumbnail
 from image2model.storage import FileStore, safe_name
-from image2model.web.ui_view import model_file, preview_file, shows_cutout
+from image2model.web.page.view import model_file, preview_file, shows_cutout
 
 
 THUMBNAIL_SIDE = 256  # pixels of a rendered results-gallery picture

@@ -80,7 +80,7 @@ class JobStatus(Strict):
     items: list[ItemStatus]
 
 
-# --- the progress stream's other events (see image2model/web/original_events.py) ---------
+# --- the progress stream's other events (see image2model/web/rest/original_events.py) ---------
 class OriginalResult(Strict):
     job_id: str
     total_files: int

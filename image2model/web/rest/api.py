@@ -32,17 +32,17 @@ from image2model.metrics import UPLOADS_REFUSED
 from image2model.providers.catalog import catalog
 from image2model.runtime import Runtime
 from image2model.storage import check_job_id
-from image2model.web import downloads
+from image2model.web.rest import downloads
 from image2model.web.envelope import HttpAppError, install_error_handlers
-from image2model.web.metrics_route import add_metrics_route
-from image2model.web.schemas import (
+from image2model.web.rest.metrics_route import add_metrics_route
+from image2model.web.rest.schemas import (
     STREAM_EVENT_MODELS, DeleteResponse, DownloadList, ErrorEnvelope, Health, JobLinks, JobStatus, ModelList,
     OriginalHealth, Ready, ResultFileInfo, UploadResponse,
 )
 from image2model.web.security import API_PREFIX, ApiSecurity, Caller, install_security
 from image2model.web.tokens import JobTokens
-from image2model.web.sse import Watchers, job_events, parse_last_event_id, stream_is_over
-from image2model.web.uploads import ReceivedForm, UploadLimits, receive_form, sweep_incoming
+from image2model.web.rest.sse import Watchers, job_events, parse_last_event_id, stream_is_over
+from image2model.web.rest.uploads import ReceivedForm, UploadLimits, receive_form, sweep_incoming
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from image2model.metrics import PREFIX
 from image2model.ops import queue_view
 from image2model.runtime import Runtime
 from image2model.web.security import unauthorized
-from image2model.web.sse import Watchers
+from image2model.web.rest.sse import Watchers
 
 
 def cluster_gauges(runtime: Runtime, watchers: Watchers) -> bytes:

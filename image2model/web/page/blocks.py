@@ -3,7 +3,7 @@
 The page never does the work itself: it creates jobs through the job service and then only
 watches the job store, so closing the tab never stops a job, and reloading the page (its
 address carries ?job=<id>) re-attaches to it. Every event here is private; the named API for
-scripts lives in ui_api.py.
+scripts lives in page/api.py.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from image2model.providers.catalog import LOCAL_MODEL, ModelSpec, catalog
 from image2model.providers.local import CPU_COUNT
 from image2model.runtime import Runtime
 from image2model.web.security import ApiSecurity
-from image2model.web.ui_api import follow_job, register_api
-from image2model.web.ui_files import export_model, export_zip, gallery_picture, uploads_from
-from image2model.web.ui_form import (
+from image2model.web.page.api import follow_job, register_api
+from image2model.web.page.files import export_model, export_zip, gallery_picture, uploads_from
+from image2model.web.page.form import (
     FAL_HINT,
     MODE_CHOICES,
     ParamForm,
@@ -41,9 +41,9 @@ from image2model.web.ui_form import (
     options_for,
     seed_update,
 )
-from image2model.web.ui_state import SET_URL_JS, job_from_query, recent_choices, remember, still_there
-from image2model.web.ui_style import UI_CSS, UI_HEAD, UI_THEME
-from image2model.web.ui_view import (
+from image2model.web.page.state import SET_URL_JS, job_from_query, recent_choices, remember, still_there
+from image2model.web.page.style import UI_CSS, UI_HEAD, UI_THEME
+from image2model.web.page.view import (
     TABLE_HEADERS,
     TABLE_WIDTHS,
     finished_items,

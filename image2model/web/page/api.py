@@ -24,10 +24,10 @@ import gradio as gr
 from image2model.errors import AppError
 from image2model.jobs.service import JobService, Upload
 from image2model.runtime import Runtime
-from image2model.web.named_files import NamedFiles
+from image2model.web.page.named_files import NamedFiles
 from image2model.web.security import ApiSecurity
-from image2model.web.ui_files import uploads_from
-from image2model.web.ui_view import friendly
+from image2model.web.page.files import uploads_from
+from image2model.web.page.view import friendly
 
 log = logging.getLogger(__name__)
 

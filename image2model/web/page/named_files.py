@@ -15,7 +15,7 @@ from gradio.data_classes import FileData, ListFiles
 
 
 class NamedFiles(gr.File):
-    """Each file as {"path", "orig_name"}, which uploads_from (ui_files.py) reads."""
+    """Each file as {"path", "orig_name"}, which uploads_from (page/files.py) reads."""
 
     @classmethod
     def get_block_name(cls) -> str:

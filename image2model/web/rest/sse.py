@@ -30,7 +30,7 @@ from typing import Any
 from image2model.errors import AppError
 from image2model.jobs.model import Job, JobState
 from image2model.jobs.service import JobService, Liveness, job_status
-from image2model.web.original_events import file_fields, gone_fields, item_key, job_fields, original_event
+from image2model.web.rest.original_events import file_fields, gone_fields, item_key, job_fields, original_event
 
 TERMINAL_EVENTS = {
     JobState.SUCCEEDED: "completed",

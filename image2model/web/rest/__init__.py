@@ -1,0 +1,1 @@
+"""REST API v1 (api.py): uploads, status, SSE streams, downloads, and /metrics."""
