@@ -84,6 +84,7 @@ def test_a_big_photo_is_checked_without_decoding_it(big_files, name: str) -> Non
     assert growth <= MAX_GROWTH_MIB, f"{name}: checking it grew the process by {growth:.1f} MiB"
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # the check is the job service's, before any store write
 @pytest.mark.parametrize("name", list(FORMATS))
 def test_a_big_photo_cut_short_is_refused_and_nothing_is_kept(runtime_factory, big_files, tmp_path, name: str,  # noqa: ANN001
                                                                 backend) -> None:  # noqa: ANN001
