@@ -449,3 +449,18 @@ def test_deleting_a_running_job_leaves_no_files_and_no_crash(runtime_factory, tm
         runner.run(job.id, 0)
     assert not runtime.files.job_dir(job.id).exists()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+def test_a_submitted_photo_says_it_is_at_fal_before_fals_first_word(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    """The request id and "Sent to FAL" land in one write, so the upload's words do not stay
+    on screen while FAL says nothing (here: a status stream that stays silent)."""
+    from image2model.worker.runner import AT_FAL
+
+    fake_fal.set_latency(2.0, 1.0)
+    fake_fal.stream_silent = True
+    runtime = runtime_factory()
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    seen = wait_until(lambda: (item := runtime.store.get(job.id).items[0]).request_id and item, timeout=30)
+    assert seen.message == AT_FAL, seen.message
+    done = wait_done(runtime.service, job.id)
+    assert done.state == JobState.SUCCEEDED

@@ -40,6 +40,7 @@ CANCEL_CHECK_SECONDS = 0.25  # one indexed read; a cancel takes effect within ab
 PROGRESS_WRITE_SECONDS = 0.5  # at most two progress writes a second per item
 STORE_RETRY_SECONDS = 0.5  # how often a write that must land is tried while the store is down
 FINISH_PATIENCE_SECONDS = 300.0  # a result waits this long for the store before the reaper's turn
+AT_FAL = "Sent to FAL; waiting for it to start"
 ORPHAN_GRACE_SECONDS = 5.0  # a queued item this old with no queue task is queued again
 DURATION_SAMPLE_SECONDS = 5.0  # a model's typical time learns from one finished photo this often
 DRAIN_SECONDS = 10.0  # a shutdown waits this long for watched items to be handed back
@@ -118,8 +119,11 @@ class LiveItemRun:
         self._last_write, self._last_message, self._last_percent = now, message, percent
 
     def remember_request(self, request_id: str, submit_record: dict[str, Any] | None = None) -> None:
+        """Store FAL's request id before waiting on it; the photo then says where it is (the
+        upload's words stayed until FAL's first status, which a slow queue may send late)."""
         self.request_id = request_id
-        patch: dict[str, Any] = {"request_id": request_id}
+        patch: dict[str, Any] = {"request_id": request_id, "message": AT_FAL}
+        self._last_message = AT_FAL
         if submit_record is not None:
             self.submit_record = dict(submit_record)
             patch["fal_submit"] = self.submit_record
