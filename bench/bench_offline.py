@@ -7,7 +7,6 @@ CPU floor (each photo's build time on one core, summed, divided by the cores). T
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -35,11 +34,22 @@ def machine_ticks() -> tuple[int, int]:
     return sum(fields), fields[3] + fields[4]
 
 
+def children_of(pid: int) -> list[int]:
+    """The live child processes of `pid`, from /proc (no procps needed)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if parent == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def process_cpu(pid: int) -> tuple[float, float]:
     """CPU seconds of the app process itself, and of its children (the build processes)."""
-    children = [int(c) for c in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,
-                                               text=True).stdout.split()]
-    return cpu_seconds(pid), sum(cpu_seconds(c) for c in children)
+    return cpu_seconds(pid), sum(cpu_seconds(c) for c in children_of(pid))
 
 
 def run_app(tmp: Path, images: list[Path], processes: str) -> tuple[float, list[str], dict[str, float]]:

@@ -1,19 +1,19 @@
 """Is every byte of an image file there? A streamed walk of its container, in constant memory.
 
 Checking an upload by decoding it holds the whole picture in memory: a 12 MP HEIC grew the
-web process by 99 MiB, a WebP by 187 (bench/bench_upload.py), per upload. Where no decoder can check a file cheaply
-(PNG has chunk checksums, a JPEG decodes at 1/8 scale), big files are checked by walking
-their container instead: RIFF chunks (WebP), GIF blocks, ISO boxes (HEIC, AVIF), the strips
-or tiles a TIFF lists, the pixel rows a BMP declares. That finds what an interrupted upload
-or copy does to a file (it ends early). Damage inside the compressed data with the structure
+web process by 99 MiB, a WebP by 187 (bench/bench_upload.py), per upload. Where no decoder
+can check a file cheaply (PNG has chunk checksums, a JPEG decodes at 1/8 scale), big files
+are checked by walking their container instead: RIFF chunks (WebP), GIF blocks, ISO boxes
+(HEIC, AVIF), the strips or tiles a TIFF lists, the pixel rows a BMP declares. That finds
+what an interrupted upload or copy does to a file (it ends early). Damage inside the compressed data with the structure
 intact is found when the worker decodes the photo, which then fails in words.
 """
 
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 from PIL import Image
