@@ -30,10 +30,14 @@ def read_events(client: httpx.Client, job_id: str, headers: dict[str, str] | Non
         return [e for e in source.iter_sse() if names is None or e.event in names]
 
 
-def test_progress_events_then_completed_each_with_an_id(live_server_factory) -> None:  # noqa: ANN001
-    server = live_server_factory(fal_key="", **OPEN_LIMITS)
+def test_progress_events_then_completed_each_with_an_id(fake_fal, live_server_factory) -> None:  # noqa: ANN001
+    # FAL takes its time, so there is progress to see between the start and the end: two tiny
+    # offline builds can both finish between two reads of a loaded machine
+    fake_fal.set_latency(0.6, 1.2)
+    server = live_server_factory(**OPEN_LIMITS)
     with httpx.Client(base_url=server.url, timeout=30) as client:
-        job_id = post_images(client, [("a.png", png(1)), ("b.png", png(2))]).json()["job_id"]
+        job_id = post_images(client, [("a.png", png(1)), ("b.png", png(2))],
+                             model="fal-ai/trellis").json()["job_id"]
         events = read_events(client, job_id)  # returns because the stream ends by itself
     names = [e.event for e in events]
     assert names[-1] == "completed" and set(names[:-1]) == {"progress"}, names
@@ -69,15 +73,17 @@ def test_reconnect_with_last_event_id_gets_what_it_missed(fake_fal, live_server_
         assert [e.event for e in late] == ["completed"] and int(late[0].id) == final
 
 
-def test_redis_mode_pushes_events_from_a_worker_in_another_process(redis_server, tmp_path) -> None:  # noqa: ANN001
+def test_redis_mode_pushes_events_from_a_worker_in_another_process(fake_fal, redis_server, tmp_path) -> None:  # noqa: ANN001
     """Distributed mode: the web process runs no worker; a real huey_consumer process does the
     work, and its progress reaches the stream through Redis pub/sub."""
     _flush(redis_server)
-    server = start_server(tmp_path / "data", redis_url=redis_server, embedded_worker=False)
-    consumer = start_consumer_process(server.runtime.settings, None, workers=2)
+    fake_fal.set_latency(0.6, 1.2)  # progress to see between the start and the end
+    server = start_server(tmp_path / "data", redis_url=redis_server, embedded_worker=False, fal_key="test-key")
+    consumer = start_consumer_process(server.runtime.settings, fake_fal.base_url, workers=2)
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
-            job_id = post_images(client, [("a.png", png(1)), ("b.png", png(2))]).json()["job_id"]
+            job_id = post_images(client, [("a.png", png(1)), ("b.png", png(2))],
+                                 model="fal-ai/trellis").json()["job_id"]
             events = read_events(client, job_id)
         assert [e.event for e in events][-1] == "completed"
         assert len(events) > 2 and any(0 < json.loads(e.data)["progress"] < 100 for e in events)
