@@ -38,9 +38,20 @@ def test_progress_events_then_completed_each_with_an_id(fake_fal, live_server_fa
     with httpx.Client(base_url=server.url, timeout=30) as client:
         job_id = post_images(client, [("a.png", png(1)), ("b.png", png(2))],
                              model="fal-ai/trellis").json()["job_id"]
-        events = read_events(client, job_id)  # returns because the stream ends by itself
+        everything = read_events(client, job_id, names=None)  # returns because the stream ends by itself
+    events = [e for e in everything if e.event in OUR_EVENTS]
     names = [e.event for e in events]
     assert names[-1] == "completed" and set(names[:-1]) == {"progress"}, names
+    # each is followed by the original's name for it, with our status whole and its fields added
+    for ours, theirs in zip(everything, everything[1:]):
+        if ours.event in OUR_EVENTS:
+            assert theirs.event == {"progress": "task_progress", "completed": "task_completed"}[ours.event]
+            status, original = json.loads(ours.data), json.loads(theirs.data)
+            assert {k: original[k] for k in status} == status
+            assert original["total_files"] == 2 and original["current"] == sum(
+                i["state"] == "succeeded" for i in status["items"])
+            assert list(original)[:len(status)] == list(status)
+    assert json.loads(everything[-1].data)["result"]["successful_files"] == 2
     ids = [int(e.id) for e in events]
     assert ids == sorted(set(ids)), "ids must be the job's increasing versions"
     statuses = [JobStatus.model_validate(json.loads(e.data)) for e in events]

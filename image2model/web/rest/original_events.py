@@ -23,7 +23,8 @@ def original_event(event: str) -> str:
 
 
 def job_fields(status: dict[str, Any]) -> dict[str, Any]:
-    """Our status with the original's fields added (nothing of ours is changed)."""
+    """The original's fields for our status: none of them is a key of ours, so they are sent
+    as our status with these added (nothing of ours is changed)."""
     items = status["items"]
     total = len(items)
     done = sum(1 for item in items if item["state"] in DONE_STATES)
@@ -38,7 +39,7 @@ def job_fields(status: dict[str, Any]) -> dict[str, Any]:
         fields["summary"] = {"total_files": total, "successful_files": ready, "failed_files": failed}
     if status["state"] in ("failed", "cancelled"):
         fields["error"] = fields["message"]
-    return {**status, **fields}
+    return fields
 
 
 def gone_fields(message: str) -> dict[str, Any]:
