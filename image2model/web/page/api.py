@@ -16,12 +16,14 @@ under `Args:` describes one parameter (a wrapped line would be dropped), and the
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import gradio as gr
 
 from image2model.errors import AppError
+from image2model.jobs.changes import read_interval
 from image2model.jobs.service import JobService, Upload
 from image2model.runtime import Runtime
 from image2model.web.page.named_files import NamedFiles
@@ -68,9 +70,12 @@ async def follow_job(service: JobService, job_id: str, every: float | None = Non
     meanwhile ends the stream with AppError job_not_found.
     """
     job = await asyncio.to_thread(service.get, job_id)
+    read_at = time.monotonic()
     yield service.status(job)
     while not job.state.terminal:
         await service.wait_for_change_async(job_id, job.version, every or WAIT_SECONDS)
+        await asyncio.sleep(max(0.0, read_at + read_interval(len(job.items)) - time.monotonic()))
+        read_at = time.monotonic()
         fresh = await asyncio.to_thread(service.get, job_id)
         changed = fresh.version != job.version
         job = fresh

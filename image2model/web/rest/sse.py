@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from image2model.errors import AppError
+from image2model.jobs.changes import read_interval
 from image2model.jobs.model import Job, JobState
 from image2model.jobs.service import JobService, Liveness, job_status
 from image2model.web.rest.original_events import file_fields, gone_fields, item_key, job_fields, original_event
@@ -39,12 +40,6 @@ TERMINAL_EVENTS = {
     JobState.CANCELLED: "cancelled",
 }
 HEARTBEAT = ": keep-alive\n\n"
-# While a job changes fast (25 photos starting at once make ~75 versions in a third of a
-# second) it is read at most every 25 ms, and every 5 ms per photo for a big job: a read costs
-# in proportion to the photos, so this bounds what one watched job costs a second whatever its
-# size (a 25-photo job: 8 reads a second). A change after a quiet spell is read at once.
-MIN_READ_INTERVAL = 0.025
-READ_INTERVAL_PER_ITEM = 0.005
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +178,7 @@ class Watchers:
                 # a change or a quiet spell: either way a fresh read says what is true now
                 await self.service.wait_for_change_async(watch.job_id, watch.snapshot.version,
                                                          self.recheck_seconds)
-                await asyncio.sleep(max(0.0, read_at + read_interval(watch.snapshot.job) - time.monotonic()))
+                await asyncio.sleep(max(0.0, read_at + read_interval(len(watch.snapshot.job.items)) - time.monotonic()))
                 read_at = time.monotonic()
                 watch.publish(await asyncio.to_thread(self._read, watch.job_id))
             except Exception:  # noqa: BLE001 - the store hiccupped: keep the streams, try again
@@ -196,11 +191,6 @@ class Watchers:
             return Snapshot.of(job, self.service.liveness(job))
         except AppError:  # deleted or expired
             return None
-
-
-def read_interval(job: Job) -> float:
-    """The least time between two reads of a job that keeps changing."""
-    return max(MIN_READ_INTERVAL, READ_INTERVAL_PER_ITEM * len(job.items))
 
 
 EVENT_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits: "²" and "¹²³" pass str.isdigit() but not int()
