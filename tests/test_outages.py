@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -194,3 +196,35 @@ def test_an_item_that_cannot_save_its_model_fails_with_disk_full(live_server_fac
         results = runtime.files.results_dir(job_id)
         assert not results.exists() or not list(results.iterdir()), "a half-written model was left"
         filler.unlink()
+
+
+def test_a_live_stream_outlives_a_redis_restart_and_logs_the_cause_once(own_redis, fake_fal, tmp_path, caplog) -> None:  # noqa: ANN001
+    fake_fal.set_latency(0.0, 8.0)  # the job runs through the outage
+    settings = make_settings(tmp_path / "data", f"redis://127.0.0.1:{own_redis['port']}/0",
+                             embedded_worker=True, sse_heartbeat_seconds=0.5, **OPEN)  # quiet: read again
+    server = LiveServer(Runtime(settings), free_port()).start()
+    events: list[str] = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            job_id = post_images(client, [("a.png", png())], model="fal-ai/trellis").json()["job_id"]
+
+            def follow() -> None:
+                with connect_sse(client, "GET", f"/api/v1/status/tasks/{job_id}/stream") as source:
+                    events.extend(e.event for e in source.iter_sse())
+
+            reader = threading.Thread(target=follow)
+            with caplog.at_level(logging.INFO, logger="image2model.web.rest.sse"):
+                reader.start()
+                wait_until(lambda: "progress" in events, timeout=20)
+                stop_process(own_redis["proc"])
+                time.sleep(4)  # four failed reads of the watched job at least
+                own_redis["proc"] = start_redis(own_redis["port"], own_redis["dir"])
+                reader.join(60)
+            assert not reader.is_alive(), "the stream did not end after the outage"
+            assert events[-1] == "task_completed" and "completed" in events, events[-6:]
+        failing = [r for r in caplog.records if r.getMessage().startswith(f"watching job {job_id} failed")]
+        assert len(failing) == 1 and failing[0].exc_info, [r.getMessage() for r in caplog.records][-10:]
+        assert any(r.getMessage().startswith(f"watching job {job_id} again after") for r in caplog.records)
+    finally:
+        server.stop()
+        server.runtime.close()

@@ -171,7 +171,7 @@ class Watchers:
             watch.publish(None)
 
     async def _follow(self, watch: JobWatch) -> None:
-        read_at = 0.0
+        read_at, failures = 0.0, 0
         while not watch.over:
             assert watch.snapshot is not None
             try:
@@ -181,8 +181,16 @@ class Watchers:
                 await asyncio.sleep(max(0.0, read_at + read_interval(len(watch.snapshot.job.items)) - time.monotonic()))
                 read_at = time.monotonic()
                 watch.publish(await asyncio.to_thread(self._read, watch.job_id))
+                if failures:
+                    log.info("watching job %s again after %d failed reads", watch.job_id, failures)
+                    failures = 0
             except Exception:  # noqa: BLE001 - the store hiccupped: keep the streams, try again
-                log.warning("watching job %s failed; retrying", watch.job_id, exc_info=True)
+                # the cause once, then a line a minute: an outage must not flood the log
+                failures += 1
+                if failures == 1:
+                    log.warning("watching job %s failed; retrying every second", watch.job_id, exc_info=True)
+                elif failures % 60 == 0:
+                    log.warning("watching job %s still failing after %d reads", watch.job_id, failures)
                 await asyncio.sleep(1.0)
 
     def _read(self, job_id: str) -> Snapshot | None:
