@@ -7,10 +7,12 @@ Each figure is measured from the start of the first upload's POST to the end of 
 
 Rows, side by side in one run, in embedded mode (`python app.py` alone) and Redis mode (the
 web process plus one `huey_consumer` with 25 threads):
-- P1 from the POST: one 25-image job; beside it a plain fal-client script (25 threads, each
-  uploading, subscribing and downloading one image), the limit for P1.
+- P1 from the POST: one 25-image job.
 - 100 images in 4 jobs, and 250 in 10 (FAL_CONCURRENCY allows all), with the working
   process's RSS at the start and its peak.
+- Beside P1 and the 250 images, scripts with no app (bench/plain_clients.py, each in a process
+  of its own): a plain fal-client script (a thread a photo: upload, subscribe, download), and
+  the machine's floor: only the five HTTP requests a photo costs, from one asyncio process.
 - A 1-image job posted once 250 images are queued: how long after its upload it started, and
   its wall against L.
 - 1,000 open requests (40 jobs) on one process: its RSS while all are at FAL.
@@ -21,7 +23,9 @@ those of this process (the fake FAL and the clients) are printed beside each wal
 
 from __future__ import annotations
 
-import os
+import json
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +33,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import fal_client
 import httpx
 from httpx_sse import connect_sse
 
@@ -91,19 +94,17 @@ def run_jobs(url: str, jobs: list[list[Path]]) -> tuple[float, list[dict[str, An
     return ended - min(posted), statuses
 
 
-def plain_fal_client(images: list[Path]) -> float:
-    """What a script using fal-client directly takes for the same 25 images: the limit for P1."""
-    client = fal_client.SyncClient(key="bench-key")
-
-    def one(path: Path) -> None:
-        url = client.upload_file(path)
-        result = client.subscribe(MODEL, arguments={"image_url": url})
-        httpx.get(result["model_mesh"]["url"], timeout=60).raise_for_status()
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(len(images)) as pool:
-        list(pool.map(one, images))
-    return time.perf_counter() - started
+def plain_script(kind: str, fake, images: Path, count: int, latency: float, row: str) -> dict[str, Any]:  # noqa: ANN001
+    """A bench/plain_clients.py script sending `count` photos at once, in its own process."""
+    fake.reset()
+    done = subprocess.run([sys.executable, "-m", "bench.plain_clients", kind, fake.base_url, str(images), str(count)],
+                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parent.parent)
+    if done.returncode:
+        raise RuntimeError(f"plain_clients {kind} failed: {done.stderr[-2000:]}")
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    name = {"fal-client": "plain fal-client script", "raw": "raw HTTP floor (no app)"}[kind]
+    return {"mode": name, "row": row, "images": count, "wall_s": round(figures["wall_s"], 3),
+            "ratio": round(figures["wall_s"] / latency, 3), "script_cpu_s": round(figures["cpu_s"], 2)}
 
 
 def measure_mode(mode: str, tmp: Path, fake, sizes: dict[str, int], latency: float) -> list[dict[str, Any]]:  # noqa: ANN001
@@ -181,18 +182,18 @@ def main() -> None:
     latency = queue_s + run_s
     rows: list[dict[str, Any]] = []
     with temp_dir("i2m-bench-p9-") as tmp, fake_fal(queue_s, run_s) as fake:
-        script = distinct_images(tmp / "script", sizes["per_job"])
-        os.environ.setdefault("FAL_KEY", "bench-key")
-        plain_fal_client(script[:2])  # warm-up
-        fake.reset()
-        wall = plain_fal_client(script)
-        rows.append({"mode": "plain fal-client script", "row": "P1 limit", "images": len(script),
-                     "wall_s": round(wall, 3), "ratio": round(wall / latency, 3)})
+        script = tmp / "script"
+        distinct_images(script, sizes["many"])
+        for kind in ("fal-client", "raw"):
+            for count in (sizes["per_job"], sizes["many"]):
+                if not args.quick or (kind, count) in (("fal-client", sizes["per_job"]), ("raw", sizes["many"])):
+                    name = "P1 (one job's photos)" if count == sizes["per_job"] else f"{count} images"
+                    rows.append(plain_script(kind, fake, script, count, latency, name))
         for mode in modes:
             rows += measure_mode(mode, tmp, fake, sizes, latency)
     report("P9-scale", f"P9 scale: FAL latency L = {latency:g} s; wall from the first POST to the last item's end",
            ["mode", "row", "images", "wall_s", "ratio", "target_ratio", "started_after_s", "fal_peak_in_flight",
-            "submits", "rss_start_mib", "rss_peak_mib", "app_cpu_s", "fake_and_clients_cpu_s"], rows, args.quick)
+            "submits", "rss_start_mib", "rss_peak_mib", "app_cpu_s", "script_cpu_s", "fake_and_clients_cpu_s"], rows, args.quick)
 
 
 if __name__ == "__main__":
