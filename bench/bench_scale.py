@@ -38,10 +38,10 @@ from httpx_sse import connect_sse
 
 from bench.common import (AppProcess, ConsumerProcess, cpu_seconds, distinct_images, fake_fal, parse_args,
                           proc_status_kb, redis_server, report, temp_dir)
+from bench.plain_clients import MODEL
 
 OPEN_ENV = {"RATE_LIMIT_API": "off", "RATE_LIMIT_UPLOAD": "off", "FAL_IMAGES_PER_HOUR": "0",
             "MAX_WAITING_IMAGES": "0", "FAL_CONCURRENCY": "2000"}
-MODEL = "fal-ai/trellis"
 
 
 class RssSampler:
@@ -184,11 +184,11 @@ def main() -> None:
     with temp_dir("i2m-bench-p9-") as tmp, fake_fal(queue_s, run_s) as fake:
         script = tmp / "script"
         distinct_images(script, sizes["many"])
-        for kind in ("fal-client", "raw"):
-            for count in (sizes["per_job"], sizes["many"]):
-                if not args.quick or (kind, count) in (("fal-client", sizes["per_job"]), ("raw", sizes["many"])):
-                    name = "P1 (one job's photos)" if count == sizes["per_job"] else f"{count} images"
-                    rows.append(plain_script(kind, fake, script, count, latency, name))
+        p1, many = (sizes["per_job"], "P1 (one job's photos)"), (sizes["many"], f"{sizes['many']} images")
+        plain = [("fal-client", p1), ("raw", many)] if args.quick else \
+            [("fal-client", p1), ("fal-client", many), ("raw", p1), ("raw", many)]
+        for kind, (count, name) in plain:
+            rows.append(plain_script(kind, fake, script, count, latency, name))
         for mode in modes:
             rows += measure_mode(mode, tmp, fake, sizes, latency)
     report("P9-scale", f"P9 scale: FAL latency L = {latency:g} s; wall from the first POST to the last item's end",
