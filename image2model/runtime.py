@@ -61,10 +61,11 @@ class Runtime:
         self._metrics_served = False
 
     def enqueue(self, job_id: str, index: int, turn: int | None = None) -> None:
-        self.tasks.run_item(job_id, index, priority=item_priority(index, turn))
+        self.tasks.run_item(job_id, index, turn, priority=item_priority(index, turn))
 
     def defer(self, job_id: str, index: int, turn: int | None = None) -> None:
-        self.tasks.run_item.schedule(args=(job_id, index), delay=DEFER_SECONDS, priority=item_priority(index, turn))
+        self.tasks.run_item.schedule(args=(job_id, index, turn), delay=DEFER_SECONDS,
+                                     priority=item_priority(index, turn))
 
     @cached_property
     def secret(self) -> bytes:

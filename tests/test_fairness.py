@@ -64,10 +64,11 @@ def drain_queue(runtime, priorities: dict | None = None) -> list[tuple[str, int]
 
 
 @BOTH
-def test_one_persons_many_jobs_do_not_crowd_out_another_persons_one(runtime_factory, tmp_path, backend) -> None:  # noqa: ANN001
-    """Ann queues three 3-photo jobs, then Bo one. Taking turns by job alone, Bo's photos
-    would come last of every round (his last photo twelfth of twelve); by share, Ann's later
-    jobs are spread out (turns 0, 2, 4 and 0, 3, 6) and Bo's photos go with her first job's."""
+def test_one_persons_many_jobs_get_one_turn_a_round_like_anothers_one(runtime_factory, tmp_path, backend) -> None:  # noqa: ANN001
+    """Ann queues three 3-photo jobs, then Bo one, before the one worker starts. By job
+    alone, Ann would get three photos a round to Bo's one. By share, they alternate while
+    both wait, and Ann's three jobs take turns within hers; every photo runs once (the tasks
+    left holding a moved photo's old turn are dropped)."""
     runtime = runtime_factory(start_consumer=False, workers=1, fal_key="")
 
     def queue(share: str, tag: str) -> str:
@@ -76,36 +77,47 @@ def test_one_persons_many_jobs_do_not_crowd_out_another_persons_one(runtime_fact
 
     ann = [queue("ip:10.0.0.1", f"ann{n}") for n in range(3)]
     bo = queue("ip:10.0.0.2", "bo")
-    assert [item.turn for item in runtime.store.get(ann[2]).items] == [0, 3, 6]
+    assert [[item.turn for item in runtime.store.get(job).items] for job in ann] == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]
     assert [item.turn for item in runtime.store.get(bo).items] == [0, 1, 2]
+    runtime.start_consumer()
     names = {ann[0]: "a1", ann[1]: "a2", ann[2]: "a3", bo: "bo"}
-    order = [(names[job], index) for job, index in drain_queue(runtime)]
-    assert order == [("a1", 0), ("a2", 0), ("a3", 0), ("bo", 0), ("a1", 1), ("bo", 1),
-                     ("a1", 2), ("a2", 1), ("bo", 2), ("a3", 1), ("a2", 2), ("a3", 2)], order
+    starts = []
+    for job_id, name in names.items():
+        done = wait_done(runtime.service, job_id)
+        assert done.state == JobState.SUCCEEDED, [i.error for i in done.items]
+        assert [item.attempts for item in done.items] == [1, 1, 1], f"{name}: a photo ran twice"
+        starts += [(item.started_at, name, item.index) for item in done.items]
+    order = [(name, index) for _, name, index in sorted(starts)]
+    assert order == [("a1", 0), ("bo", 0), ("a2", 0), ("bo", 1), ("a3", 0), ("bo", 2),
+                     ("a1", 1), ("a2", 1), ("a3", 1), ("a1", 2), ("a2", 2), ("a3", 2)], order
 
 
 @BOTH
-def test_an_item_queued_again_keeps_its_turn(runtime_factory, tmp_path, backend) -> None:  # noqa: ANN001
-    """The reaper and a deferred task queue an item with its stored turn, not its index."""
+def test_a_new_job_moves_only_its_shares_waiting_photos(runtime_factory, tmp_path, backend) -> None:  # noqa: ANN001
+    """A photo already running keeps its turn, another share's photos keep theirs, and a new
+    job's turns count from the lowest turn still waiting, not from zero: someone arriving
+    while round 5 waits is served in round 5, not ahead of everyone."""
     runtime = runtime_factory(start_consumer=False, workers=1, fal_key="")
-    first = runtime.service.create_job(uploads_for(tmp_path / "a", ["a0.png", "a1.png"]), model="local/relief",
-                                       share="key:ann").id
-    second = runtime.service.create_job(uploads_for(tmp_path / "b", ["b0.png", "b1.png"]), model="local/relief",
-                                        share="key:ann").id
-    other = runtime.service.create_job(uploads_for(tmp_path / "c", ["c0.png", "c1.png"]), model="local/relief",
-                                       share="key:cy").id
-    drain_queue(runtime)
-    assert pending_item_tasks(runtime.huey) == set()
-    assert sorted(runtime.runner._requeue_orphans(now=10**10)) == sorted(  # the reaper's round, much later
-        [(first, 0), (first, 1), (second, 0), (second, 1), (other, 0), (other, 1)])
-    priorities: dict = {}
-    drain_queue(runtime, priorities)
-    assert priorities == {(first, 0): 0, (first, 1): -1, (second, 0): 0, (second, 1): -2,  # turn 2, not 1
-                          (other, 0): 0, (other, 1): -1}, priorities
+
+    def queue(share: str, tag: str, count: int) -> str:
+        uploads = uploads_for(tmp_path / tag, [f"{tag}{n}.png" for n in range(count)])
+        return runtime.service.create_job(uploads, model="local/relief", share=share).id
+
+    cy = queue("key:cy", "cy", 8)
+    for index in range(5):  # as if a worker had taken cy's first five photos
+        assert runtime.store.update_item(cy, index, {"state": "running"}, expect_state=["queued"]) is not None
+    ann = queue("key:ann", "ann", 2)
+    assert [item.turn for item in runtime.store.get(ann).items] == [5, 6]
+    ann2 = queue("key:ann", "ann2", 2)
+    assert [item.turn for item in runtime.store.get(ann).items] == [5, 7]
+    assert [item.turn for item in runtime.store.get(ann2).items] == [6, 8]
+    assert [item.turn for item in runtime.store.get(cy).items] == list(range(8))
+    pending = sorted(task.args for task in runtime.huey.pending())
+    assert (ann, 1, 6) in pending and (ann, 1, 7) in pending, pending  # the old task and the one with the new turn
 
 
 def test_rest_jobs_take_turns_by_api_key(live_server_factory) -> None:  # noqa: ANN001
-    """Through the REST API each key is one share: Ann's second job is spread out, Bo's is not."""
+    """Through the REST API each key is one share: Ann's two jobs share her turns, Bo has his own."""
     ann, bo = "ann-key-5f0c1d9e8b7a6f5e", "bo-key-0a1b2c3d4e5f6a7b8c"
     server = live_server_factory(fal_key="", api_keys=f"{ann}, {bo}", embedded_worker=False,
                                  rate_limit_api="off", rate_limit_upload="off")
@@ -115,9 +127,28 @@ def test_rest_jobs_take_turns_by_api_key(live_server_factory) -> None:  # noqa: 
             response = post_images(client, [("x.png", png(1)), ("y.png", png(2))],
                                    headers={"Authorization": f"Bearer {key}"})
             assert response.status_code == 202, response.text
-            made[tag] = server.runtime.store.get(response.json()["job_id"])
-    assert [i.turn for i in made["ann1"].items] == [0, 1] and [i.turn for i in made["ann2"].items] == [0, 2]
+            made[tag] = response.json()["job_id"]
+    made = {tag: server.runtime.store.get(job_id) for tag, job_id in made.items()}
+    assert [i.turn for i in made["ann1"].items] == [0, 2] and [i.turn for i in made["ann2"].items] == [1, 3]
     assert [i.turn for i in made["bo"].items] == [0, 1]
     assert made["ann1"].share == made["ann2"].share == share_of(f"key:{owner_id(ann)}")
     assert made["bo"].share == share_of(f"key:{owner_id(bo)}") != made["ann1"].share
     assert ann not in made["ann1"].share and owner_id(ann) not in made["ann1"].share  # a fingerprint only
+
+
+@BOTH
+def test_a_job_not_yet_queued_is_not_queued_by_another_jobs_turns(runtime_factory, tmp_path, backend) -> None:  # noqa: ANN001
+    """The REST upload stores a job, answers, then queues it (queue=False). A second job of the
+    same person in between moves the waiting photos of the share, but must not queue the first
+    job's photos before its answer is sent; once queued, they carry their stored turns."""
+    runtime = runtime_factory(start_consumer=False, workers=1, fal_key="")
+    first = runtime.service.create_job(uploads_for(tmp_path / "a", ["a0.png", "a1.png"]), model="local/relief",
+                                       share="key:ann", queue=False)
+    second = runtime.service.create_job(uploads_for(tmp_path / "b", ["b0.png", "b1.png"]), model="local/relief",
+                                        share="key:ann")
+    assert {task.args[0] for task in runtime.huey.pending()} == {second.id}
+    assert runtime.service.queue_items(runtime.store.get(first.id))
+    stored = {(job_id, item.index): item.turn for job_id in (first.id, second.id)
+              for item in runtime.store.get(job_id).items}
+    queued = {(task.args[0], task.args[1]): task.args[2] for task in runtime.huey.pending()}
+    assert queued == stored, (queued, stored)

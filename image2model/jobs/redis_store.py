@@ -103,6 +103,22 @@ end
 return out
 """
 
+MOVE_TURNS = """
+local moved = {}
+for index, turn in pairs(cjson.decode(ARGV[1])) do
+  local raw = redis.call('HGET', KEYS[1], index)
+  if raw then
+    local item = cjson.decode(raw)
+    if item.state == 'queued' then
+      item.turn = turn
+      redis.call('HSET', KEYS[1], index, cjson.encode(item))
+      table.insert(moved, index)
+    end
+  end
+end
+return cjson.encode(moved)
+"""
+
 RESERVE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local used = 0
@@ -126,6 +142,7 @@ class RedisJobStore(JobStore):
         self._probe = redis_client(url, PROBE_TIMEOUT_SECONDS, decode_responses=True)
         self._update_item = self.redis.register_script(UPDATE_ITEM)
         self._reserve = self.redis.register_script(RESERVE)
+        self._move_turns = self.redis.register_script(MOVE_TURNS)
         self._closed = threading.Event()
         self._listener: threading.Thread | None = None
         self._listener_lock = threading.Lock()
@@ -170,6 +187,10 @@ class RedisJobStore(JobStore):
         job = json.loads(meta["meta"])
         job["version"] = int(meta["version"])
         return Job.with_items(job, [self.decoded.item(job_id, key, raw) for key, raw in items.items()])
+
+    def item(self, job_id: str, index: int) -> Item | None:
+        raw = self.redis.hget(self._items_key(job_id), str(index))
+        return None if raw is None else self.decoded.item(job_id, str(index), raw)
 
     def version(self, job_id: str) -> int | None:
         value = self.redis.hget(self._job_key(job_id), "version")
@@ -255,12 +276,32 @@ class RedisJobStore(JobStore):
     def queued_items(self) -> list[tuple[str, Item]]:
         return self._items_in(QUEUED, ItemState.QUEUED)
 
-    def queued_jobs_in_share(self, share: str) -> int:
-        job_ids = sorted({member.rsplit("|", 1)[0] for member in self.redis.smembers(QUEUED)})
+    def queued_items_with_share(self) -> list[tuple[str, str, Item]]:
+        by_job: dict[str, list[str]] = {}
+        for member in self.redis.smembers(QUEUED):
+            job_id, index = member.rsplit("|", 1)
+            by_job.setdefault(job_id, []).append(index)
         pipe = self.redis.pipeline(transaction=False)
-        for job_id in job_ids:
+        for job_id, indices in by_job.items():
             pipe.hget(self._job_key(job_id), "meta")
-        return sum(1 for meta in pipe.execute() if meta is not None and json.loads(meta).get("share") == share)
+            pipe.hmget(self._items_key(job_id), indices)
+        replies = pipe.execute()
+        found = []
+        for (job_id, indices), meta, raws in zip(by_job.items(), replies[::2], replies[1::2]):
+            if meta is None:
+                continue  # expired: queued_items drops its members
+            share = json.loads(meta).get("share") or ""
+            for key, raw in zip(indices, raws):
+                if raw is not None and (item := self.decoded.item(job_id, key, raw)).state == ItemState.QUEUED:
+                    found.append((job_id, share, item))
+        return found
+
+    def move_turns(self, job_id: str, turns: dict[int, int]) -> list[int]:
+        if not turns:
+            return []
+        moved = self._move_turns(keys=[self._items_key(job_id)],
+                                 args=[json.dumps({str(index): turn for index, turn in turns.items()})])
+        return [int(index) for index in json.loads(moved)]
 
     def queued_count(self) -> int:
         return int(self.redis.scard(QUEUED))  # an expired job's members linger until queued_items drops them

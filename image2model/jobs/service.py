@@ -20,7 +20,7 @@ from image2model.config import Settings
 from image2model.errors import AppError, disk_full_error, is_disk_full
 from image2model.jobs.model import Item, ItemState, Job, Mode
 from image2model.jobs.endings import item_ended
-from image2model.jobs.fairness import Enqueue, share_of, turns_for
+from image2model.jobs.fairness import Enqueue, plan_turns, share_of
 from image2model.jobs.store import JobStore
 from image2model.media.images import inspect_image
 from image2model.metrics import ITEMS_CREATED, JOBS_CREATED, UPLOADS_REFUSED
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 DOWNLOAD_PREFIX = "/api/v1/download"
 STATUS_CACHE_SIZE = 1024
 LIVENESS_CACHE_SECONDS = 1.0
+UNQUEUED_FORGET_SECONDS = 10.0  # past the reaper's grace (worker/runner.py): it queues such a job
 NO_WORKER_MESSAGE = "Waiting: no worker is running right now; it starts as soon as one is"
 SILENT_WORKER_MESSAGE = ("The worker making this model stopped answering; another one takes it over "
                          "within seconds, and nothing is paid twice")
@@ -67,6 +68,11 @@ class JobService:
         self._status_cache: OrderedDict[str, tuple[int, float, str, bytes]] = OrderedDict()
         self._status_lock = threading.Lock()
         self._liveness: tuple[float, bool] = (0.0, True)
+        # Fair turns (jobs/fairness.py) are planned one job at a time in this process; jobs
+        # created with queue=False have no tasks yet, so no other job's plan may queue theirs
+        # (job id -> when it was made; one never queued is the reaper's after a few seconds).
+        self._turns_lock = threading.Lock()
+        self._unqueued: dict[str, float] = {}
 
     # --- create ---------------------------------------------------------------------------
     def create_job(self, uploads: Sequence[Upload], model: str | None = None, mode: str | None = None,
@@ -124,15 +130,13 @@ class JobService:
                 raise disk_full_error() from exc
             raise
         items = self._make_items(job_mode, names, stored)
-        for item, turn in zip(items, turns_for(self.store, share, len(items))):
-            item.turn = turn
         job = Job(id=job_id, model=spec.id, mode=job_mode, params=resolved, items=items, owner=owner,
                   share=share, own_fal_key=bool(own_key))
         if own_key:
             if self.seal is None:
                 raise AppError("own_key_unsupported", "This server cannot take your own FAL key.", 422)
             self.store.put_job_key(job_id, self.seal(own_key))  # before the job: no worker sees it keyless
-        self.store.create(job)
+        self._store_with_turns(job, queue)
         log.info("job created: %d images, %d items", len(uploads), len(items),
                  extra={"job_id": job_id, "model": spec.id})
         if queue and not self.queue_items(job):  # the queue is down: say so, and leave nothing half-queued
@@ -141,9 +145,25 @@ class JobService:
                            "please try again in a minute.", 503)
         return job
 
+    def _store_with_turns(self, job: Job, queue: bool) -> None:
+        """Store the job with its fair turns, moving its share's waiting photos to make room."""
+        with self._turns_lock:
+            now = time.monotonic()
+            self._unqueued = {job_id: made for job_id, made in self._unqueued.items() if now - made < UNQUEUED_FORGET_SECONDS}
+            waiting = [entry for entry in self.store.queued_items_with_share() if entry[0] not in self._unqueued]
+            turns, moved = plan_turns(waiting, job.share, len(job.items))
+            for item, turn in zip(job.items, turns):
+                item.turn = turn
+            self.store.create(job)
+            if not queue:
+                self._unqueued[job.id] = now
+            self._move_turns(moved)
+
     def queue_items(self, job: Job) -> bool:
         """One queue task per item; False when the queue failed (logged). Items left without a
         task are still queued records, and the reaper queues them once the queue is back."""
+        with self._turns_lock:
+            self._unqueued.pop(job.id, None)
         try:
             for item in job.items:
                 self.enqueue(job.id, item.index, item.turn)
@@ -151,6 +171,17 @@ class JobService:
             log.exception("enqueue failed", extra={"job_id": job.id})
             return False
         return True
+
+    def _move_turns(self, moved: dict[str, dict[int, int]]) -> None:
+        """Waiting photos of the new job's share take their new turns: the stored turn first,
+        then a task carrying it (the old task, carrying the old turn, is dropped when it comes
+        up). Left to the reaper when the queue fails: the moved photos are still queued records."""
+        try:
+            for job_id, turns in moved.items():
+                for index in self.store.move_turns(job_id, turns):
+                    self.enqueue(job_id, index, turns[index])
+        except Exception:  # noqa: BLE001 - the photos keep their place in the store
+            log.exception("moving turns failed", extra={"job_ids": sorted(moved)})
 
     def model_spec(self, model: str | None, own_key: bool = False) -> ModelSpec:
         """The model a job would run (the default when none is named), or AppError saying why

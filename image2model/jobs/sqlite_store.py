@@ -130,6 +130,10 @@ class SqliteJobStore(JobStore):
         job["version"] = row[1]
         return Job.with_items(job, [self.decoded.item(job_id, str(idx), data) for idx, data in items])
 
+    def item(self, job_id: str, index: int) -> Item | None:
+        row = self._conn.execute("SELECT data FROM items WHERE job_id = ? AND idx = ?", (job_id, index)).fetchone()
+        return None if row is None else self.decoded.item(job_id, str(index), row[0])
+
     def version(self, job_id: str) -> int | None:
         row = self._conn.execute("SELECT version, created_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None or self._expired(row[1]):
@@ -230,11 +234,28 @@ class SqliteJobStore(JobStore):
         rows = self._conn.execute("SELECT job_id, data FROM items WHERE state = ?", ("queued",)).fetchall()
         return [(job_id, Item.from_dict(json.loads(data))) for job_id, data in rows]
 
-    def queued_jobs_in_share(self, share: str) -> int:
-        return self._conn.execute(
-            "SELECT COUNT(DISTINCT items.job_id) FROM items JOIN jobs ON jobs.id = items.job_id "
-            "WHERE items.state = ? AND json_extract(jobs.data, '$.share') = ? AND jobs.created_at >= ?",
-            ("queued", share, time.time() - self.retention_seconds)).fetchone()[0]
+    def queued_items_with_share(self) -> list[tuple[str, str, Item]]:
+        rows = self._conn.execute(
+            "SELECT items.job_id, json_extract(jobs.data, '$.share'), items.data FROM items "
+            "JOIN jobs ON jobs.id = items.job_id WHERE items.state = ? AND jobs.created_at >= ?",
+            ("queued", time.time() - self.retention_seconds)).fetchall()
+        return [(job_id, share or "", Item.from_dict(json.loads(data))) for job_id, share, data in rows]
+
+    def move_turns(self, job_id: str, turns: dict[int, int]) -> list[int]:
+        def update(conn: sqlite3.Connection) -> list[int]:
+            moved = []
+            for index, turn in turns.items():
+                row = conn.execute("SELECT data FROM items WHERE job_id = ? AND idx = ? AND state = ?",
+                                   (job_id, index, "queued")).fetchone()
+                if row is None:
+                    continue
+                data = json.loads(row[0])
+                data["turn"] = turn
+                conn.execute("UPDATE items SET data = ? WHERE job_id = ? AND idx = ?", (json.dumps(data), job_id, index))
+                moved.append(index)
+            return moved
+
+        return self._write(update) if turns else []
 
     def queued_count(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM items WHERE state = ?", ("queued",)).fetchone()[0]

@@ -94,6 +94,10 @@ class JobStore(ABC):
     def version(self, job_id: str) -> int | None: ...
 
     @abstractmethod
+    def item(self, job_id: str, index: int) -> Item | None:
+        """One item alone, for a task to see cheaply whether it has anything to do."""
+
+    @abstractmethod
     def update_item(
         self,
         job_id: str,
@@ -132,8 +136,13 @@ class JobStore(ABC):
         """Items waiting for a worker; the reaper checks each has a queue task."""
 
     @abstractmethod
-    def queued_jobs_in_share(self, share: str) -> int:
-        """How many jobs of this fair share still have items waiting (jobs/fairness.py)."""
+    def queued_items_with_share(self) -> list[tuple[str, str, Item]]:
+        """(job id, the job's fair share, item) of every item waiting (jobs/fairness.py)."""
+
+    @abstractmethod
+    def move_turns(self, job_id: str, turns: dict[int, int]) -> list[int]:
+        """Give items new turns in the fair queue, where they still wait; the indices moved.
+        Readers are not woken: a turn is not part of what they show."""
 
     @abstractmethod
     def queued_count(self) -> int:

@@ -112,6 +112,6 @@ def pending_item_tasks(huey: Huey) -> set[tuple[str, int]]:
     """(job id, item index) of every item task waiting in the queue, or deferred to run soon."""
     found = set()
     for task in [*huey.pending(), *huey.scheduled()]:
-        if task.name == RUN_ITEM_TASK and len(task.args) == 2:
+        if task.name == RUN_ITEM_TASK and len(task.args) in (2, 3):  # (job id, index[, turn])
             found.add((str(task.args[0]), int(task.args[1])))
     return found

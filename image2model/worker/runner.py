@@ -207,8 +207,10 @@ class ItemRunner:
         self._duration_sampled_at: dict[str, float] = {}
 
     # --- one item -----------------------------------------------------------------------
-    def run(self, job_id: str, index: int) -> None:
+    def run(self, job_id: str, index: int, turn: int | None = None) -> None:
         ctx = {"job_id": job_id, "item": index}
+        if turn is not None and self._moved_or_taken(job_id, index, turn, ctx):
+            return
         job = self.store.get(job_id)
         if not self._runnable(job, index, ctx):
             return
@@ -228,6 +230,21 @@ class ItemRunner:
         with log_context(worker=worker):  # every line of this run names its worker, the provider's too
             log.info("item started", extra={**ctx, "model": job.model})
             self._execute(job, claimed, worker, slot)
+
+    def _moved_or_taken(self, job_id: str, index: int, turn: int, ctx: dict[str, Any]) -> bool:
+        """Whether this task has nothing to do, seen from the item alone (a job has up to 25):
+        its photo's turn moved (jobs/fairness.py: a task with the new one is queued), or the
+        photo is no longer waiting (a second task, as the reaper may queue)."""
+        item = self.store.item(job_id, index)
+        if item is None:
+            return False  # the whole job is read next, and says why
+        if item.turn is not None and item.turn != turn:
+            log.debug("item skipped: its turn moved from %d to %d", turn, item.turn, extra=ctx)
+            return True
+        if item.state != ItemState.QUEUED:
+            log.info("item skipped: state %s", item.state, extra=ctx)
+            return True
+        return False
 
     def _runnable(self, job: Job | None, index: int, ctx: dict[str, Any]) -> bool:
         """Whether this queued item should be claimed now; ends it when it never will be."""

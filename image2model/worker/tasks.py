@@ -24,7 +24,7 @@ class Tasks:
 
 def register_tasks(huey: Huey, runner: ItemRunner) -> Tasks:
     @huey.task(name=RUN_ITEM_TASK)
-    def run_item(job_id: str, index: int) -> None:
-        runner.run(job_id, index)
+    def run_item(job_id: str, index: int, turn: int | None = None) -> None:
+        runner.run(job_id, index, turn)  # turn: the one it was queued with (tasks of old releases have none)
 
     return Tasks(run_item=run_item)
