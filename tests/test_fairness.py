@@ -152,3 +152,19 @@ def test_a_job_not_yet_queued_is_not_queued_by_another_jobs_turns(runtime_factor
               for item in runtime.store.get(job_id).items}
     queued = {(task.args[0], task.args[1]): task.args[2] for task in runtime.huey.pending()}
     assert queued == stored, (queued, stored)
+
+
+@BOTH
+def test_a_turn_moved_without_its_task_is_queued_again_by_the_reaper(runtime_factory, tmp_path, backend) -> None:  # noqa: ANN001
+    """A process killed between storing a photo's new turn and queuing the task that carries it
+    leaves only the old task, which is dropped as stale: the reaper then queues the photo with
+    its stored turn, and every photo is made once."""
+    runtime = runtime_factory(start_consumer=False, workers=1, fal_key="")
+    job_id = runtime.service.create_job(uploads_for(tmp_path / "a", ["a0.png", "a1.png"]), model="local/relief",
+                                        share="key:ann").id
+    assert runtime.store.move_turns(job_id, {1: 7}) == [1]  # the kill: no task carries turn 7
+    runtime.start_consumer()
+    done = wait_done(runtime.service, job_id, timeout=30)
+    assert done.state == JobState.SUCCEEDED, [i.error for i in done.items]
+    assert [item.attempts for item in done.items] == [1, 1]
+    assert [item.turn for item in done.items] == [0, 7]

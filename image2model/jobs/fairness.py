@@ -52,9 +52,12 @@ def plan_turns(waiting: Waiting, share: str, count: int) -> tuple[list[int], dic
         if item_share == share:
             jobs.setdefault(job_id, []).append(item)
     # (job id, item index, its turn now); the new job's items have no job id yet
+    def first_come(job: tuple[str, list[Item]]) -> tuple[int, float, str]:
+        return min(map(turn_of, job[1])), min(item.queued_at for item in job[1]), job[0]
+
     queues: list[list[tuple[str | None, int, int | None]]] = [
         [(job_id, item.index, turn_of(item)) for item in sorted(items, key=lambda i: (turn_of(i), i.index))]
-        for job_id, items in sorted(jobs.items(), key=lambda kv: (min(map(turn_of, kv[1])), min(i.queued_at for i in kv[1]), kv[0]))]
+        for job_id, items in sorted(jobs.items(), key=first_come)]
     queues.append([(None, index, None) for index in range(count)])
     order = (entry for round_ in itertools.zip_longest(*queues) for entry in round_ if entry is not None)
     new_turns = [0] * count

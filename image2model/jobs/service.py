@@ -149,7 +149,8 @@ class JobService:
         """Store the job with its fair turns, moving its share's waiting photos to make room."""
         with self._turns_lock:
             now = time.monotonic()
-            self._unqueued = {job_id: made for job_id, made in self._unqueued.items() if now - made < UNQUEUED_FORGET_SECONDS}
+            self._unqueued = {job_id: made for job_id, made in self._unqueued.items()
+                              if now - made < UNQUEUED_FORGET_SECONDS}
             waiting = [entry for entry in self.store.queued_items_with_share() if entry[0] not in self._unqueued]
             turns, moved = plan_turns(waiting, job.share, len(job.items))
             for item, turn in zip(job.items, turns):

@@ -251,7 +251,8 @@ class SqliteJobStore(JobStore):
                     continue
                 data = json.loads(row[0])
                 data["turn"] = turn
-                conn.execute("UPDATE items SET data = ? WHERE job_id = ? AND idx = ?", (json.dumps(data), job_id, index))
+                conn.execute("UPDATE items SET data = ? WHERE job_id = ? AND idx = ?",
+                             (json.dumps(data), job_id, index))
                 moved.append(index)
             return moved
 
