@@ -168,3 +168,17 @@ def test_a_turn_moved_without_its_task_is_queued_again_by_the_reaper(runtime_fac
     assert done.state == JobState.SUCCEEDED, [i.error for i in done.items]
     assert [item.attempts for item in done.items] == [1, 1]
     assert [item.turn for item in done.items] == [0, 7]
+
+
+@BOTH
+def test_a_task_queued_by_an_older_release_still_runs(runtime_factory, tmp_path, backend) -> None:  # noqa: ANN001
+    """Tasks queued before turns rode along with them carry (job id, index) only: they run."""
+    runtime = runtime_factory(start_consumer=False, workers=1, fal_key="")
+    job_id = runtime.service.create_job(uploads_for(tmp_path / "a", ["a0.png", "a1.png"]), model="local/relief",
+                                        queue=False).id
+    for index in (0, 1):
+        runtime.tasks.run_item(job_id, index)
+    assert sorted(task.args for task in runtime.huey.pending()) == [(job_id, 0), (job_id, 1)]
+    runtime.start_consumer()
+    done = wait_done(runtime.service, job_id, timeout=30)
+    assert done.state == JobState.SUCCEEDED and [item.attempts for item in done.items] == [1, 1]
