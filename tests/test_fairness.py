@@ -137,21 +137,36 @@ def test_rest_jobs_take_turns_by_api_key(live_server_factory) -> None:  # noqa: 
 
 
 @BOTH
-def test_a_job_not_yet_queued_is_not_queued_by_another_jobs_turns(runtime_factory, tmp_path, backend) -> None:  # noqa: ANN001
-    """The REST upload stores a job, answers, then queues it (queue=False). A second job of the
-    same person in between moves the waiting photos of the share, but must not queue the first
-    job's photos before its answer is sent; once queued, they carry their stored turns."""
+def test_jobs_stored_at_once_take_turns_but_are_queued_only_by_their_upload(runtime_factory, tmp_path,  # noqa: ANN001
+                                                                            backend) -> None:  # noqa: ANN001
+    """The REST upload stores a job, answers, then queues it (queue=False). Two uploads of one
+    person in that gap still share her turns (not both photos at turns 0 and 1), and neither
+    job's photos are queued before its own answer; once queued, they carry their stored turns."""
     runtime = runtime_factory(start_consumer=False, workers=1, fal_key="")
-    first = runtime.service.create_job(uploads_for(tmp_path / "a", ["a0.png", "a1.png"]), model="local/relief",
-                                       share="key:ann", queue=False)
-    second = runtime.service.create_job(uploads_for(tmp_path / "b", ["b0.png", "b1.png"]), model="local/relief",
-                                        share="key:ann")
-    assert {task.args[0] for task in runtime.huey.pending()} == {second.id}
-    assert runtime.service.queue_items(runtime.store.get(first.id))
-    stored = {(job_id, item.index): item.turn for job_id in (first.id, second.id)
-              for item in runtime.store.get(job_id).items}
+    first, second = (runtime.service.create_job(uploads_for(tmp_path / tag, [f"{tag}0.png", f"{tag}1.png"]),
+                                                model="local/relief", share="key:ann", queue=False)
+                     for tag in ("a", "b"))
+    assert [item.turn for item in runtime.store.get(first.id).items] == [0, 2]
+    assert [item.turn for item in runtime.store.get(second.id).items] == [1, 3]
+    assert runtime.huey.pending() == []
+    assert runtime.service.queue_items(first) and runtime.service.queue_items(second)  # as the uploads do
+    stored = {(job.id, item.index): item.turn for job in (first, second) for item in runtime.store.get(job.id).items}
     queued = {(task.args[0], task.args[1]): task.args[2] for task in runtime.huey.pending()}
     assert queued == stored, (queued, stored)
+
+
+@BOTH
+def test_a_cancelled_job_leaves_no_empty_turns_in_its_share(runtime_factory, tmp_path, backend) -> None:  # noqa: ANN001
+    """Ann cancels one of her two waiting jobs: the other's photos close up to one a round from
+    the lowest turn waiting (1, 2, 3 rather than every other turn), with tasks carrying them."""
+    runtime = runtime_factory(start_consumer=False, workers=1, fal_key="")
+    jobs = [runtime.service.create_job(uploads_for(tmp_path / tag, [f"{tag}{n}.png" for n in range(3)]),
+                                       model="local/relief", share="key:ann").id for tag in ("a", "b")]
+    assert [item.turn for item in runtime.store.get(jobs[1]).items] == [1, 3, 5]
+    runtime.service.cancel(jobs[0])
+    assert [item.turn for item in runtime.store.get(jobs[1]).items] == [1, 2, 3]
+    queued = {task.args for task in runtime.huey.pending() if task.args[0] == jobs[1]}
+    assert {(jobs[1], index, turn) for index, turn in enumerate([1, 2, 3])} <= queued, queued
 
 
 @BOTH

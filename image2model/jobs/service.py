@@ -68,9 +68,10 @@ class JobService:
         self._status_cache: OrderedDict[str, tuple[int, float, str, bytes]] = OrderedDict()
         self._status_lock = threading.Lock()
         self._liveness: tuple[float, bool] = (0.0, True)
-        # Fair turns (jobs/fairness.py) are planned one job at a time in this process; jobs
-        # created with queue=False have no tasks yet, so no other job's plan may queue theirs
-        # (job id -> when it was made; one never queued is the reaper's after a few seconds).
+        # Fair turns (jobs/fairness.py) are planned one job at a time in this process. A job
+        # stored but not yet queued (the REST upload answers first) is planned with the rest,
+        # but only `queue_items` queues its tasks (job id -> when it was stored; one never
+        # queued is the reaper's after a few seconds).
         self._turns_lock = threading.Lock()
         self._unqueued: dict[str, float] = {}
 
@@ -136,7 +137,7 @@ class JobService:
             if self.seal is None:
                 raise AppError("own_key_unsupported", "This server cannot take your own FAL key.", 422)
             self.store.put_job_key(job_id, self.seal(own_key))  # before the job: no worker sees it keyless
-        self._store_with_turns(job, queue)
+        self._store_with_turns(job)
         log.info("job created: %d images, %d items", len(uploads), len(items),
                  extra={"job_id": job_id, "model": spec.id})
         if queue and not self.queue_items(job):  # the queue is down: say so, and leave nothing half-queued
@@ -145,42 +146,57 @@ class JobService:
                            "please try again in a minute.", 503)
         return job
 
-    def _store_with_turns(self, job: Job, queue: bool) -> None:
-        """Store the job with its fair turns, moving its share's waiting photos to make room."""
+    def _store_with_turns(self, job: Job) -> None:
+        """Store the job with its fair turns, moving its share's waiting photos to make room.
+        Its own tasks come from `queue_items`, with the turns stored by then."""
         with self._turns_lock:
             now = time.monotonic()
             self._unqueued = {job_id: made for job_id, made in self._unqueued.items()
                               if now - made < UNQUEUED_FORGET_SECONDS}
-            waiting = [entry for entry in self.store.queued_items_with_share() if entry[0] not in self._unqueued]
-            turns, moved = plan_turns(waiting, job.share, len(job.items))
+            turns, moved = plan_turns(self.store.queued_items_with_share(), job.share, len(job.items))
             for item, turn in zip(job.items, turns):
                 item.turn = turn
             self.store.create(job)
-            if not queue:
-                self._unqueued[job.id] = now
+            self._unqueued[job.id] = now
             self._move_turns(moved)
 
     def queue_items(self, job: Job) -> bool:
-        """One queue task per item; False when the queue failed (logged). Items left without a
-        task are still queued records, and the reaper queues them once the queue is back."""
-        with self._turns_lock:
-            self._unqueued.pop(job.id, None)
+        """One queue task per item, with its turn as stored now (another job of the share may
+        have moved it); False when the queue failed (logged). Items left without a task are
+        still queued records, and the reaper queues them once the queue is back."""
         try:
+            with self._turns_lock:
+                self._unqueued.pop(job.id, None)
+                stored = self.store.get(job.id)
+            turns = {item.index: item.turn for item in (stored or job).items}
             for item in job.items:
-                self.enqueue(job.id, item.index, item.turn)
+                self.enqueue(job.id, item.index, turns.get(item.index, item.turn))
         except Exception:  # noqa: BLE001 - said by the caller, or left to the reaper
             log.exception("enqueue failed", extra={"job_id": job.id})
             return False
         return True
 
+    def _replan(self, share: str) -> None:
+        """After a cancel: the share's photos still waiting close up (no turns left empty)."""
+        if not share:
+            return
+        try:
+            with self._turns_lock:
+                _, moved = plan_turns(self.store.queued_items_with_share(), share, 0)
+                self._move_turns(moved)
+        except Exception:  # noqa: BLE001 - the cancel is done; the gaps only cost the share turns
+            log.exception("closing up turns failed")
+
     def _move_turns(self, moved: dict[str, dict[int, int]]) -> None:
-        """Waiting photos of the new job's share take their new turns: the stored turn first,
-        then a task carrying it (the old task, carrying the old turn, is dropped when it comes
-        up). Left to the reaper when the queue fails: the moved photos are still queued records."""
+        """Waiting photos of a share take their new turns: the stored turn first, then a task
+        carrying it (the old task, carrying the old turn, is dropped when it comes up), except
+        for jobs whose tasks `queue_items` has yet to queue. Left to the reaper when the queue
+        fails: the moved photos are still queued records."""
         try:
             for job_id, turns in moved.items():
                 for index in self.store.move_turns(job_id, turns):
-                    self.enqueue(job_id, index, turns[index])
+                    if job_id not in self._unqueued:
+                        self.enqueue(job_id, index, turns[index])
         except Exception:  # noqa: BLE001 - the photos keep their place in the store
             log.exception("moving turns failed", extra={"job_ids": sorted(moved)})
 
@@ -319,6 +335,7 @@ class JobService:
                                                    expect_state=[ItemState.QUEUED])
                 if cancelled is not None:
                     item_ended(self.store, job_id, item.index)
+        self._replan(job.share)
         log.info("job cancel requested", extra={"job_id": job_id})
         return self.get(job_id, owner)
 
