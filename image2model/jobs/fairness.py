@@ -12,7 +12,9 @@ is the lowest turn still waiting, so a new job's first photo ties with the next 
 - So a share's new job moves the turns of its share's photos still waiting (never anyone
   else's). huey cannot re-score a queued task, so a moved photo gets a second task with its
   new turn, and the task holding the old turn is dropped when it comes up (the runner compares
-  the turn it carries with the stored one).
+  the turn it carries with the stored one). A cancel closes up the share's turns the same way.
+- Jobs stored at once by one share (the REST upload answers before it queues) are planned
+  together; a job's own tasks are queued by its upload, with the turns stored by then.
 - A job with no share (made by a script calling JobService) counts as its own.
 
 The share is stored as a fingerprint, so job records hold no address or key.
