@@ -53,10 +53,10 @@ def plan_turns(waiting: Waiting, share: str, count: int) -> tuple[list[int], dic
     for job_id, item_share, item in waiting:
         if item_share == share:
             jobs.setdefault(job_id, []).append(item)
-    # (job id, item index, its turn now); the new job's items have no job id yet
     def first_come(job: tuple[str, list[Item]]) -> tuple[int, float, str]:
         return min(map(turn_of, job[1])), min(item.queued_at for item in job[1]), job[0]
 
+    # per job, oldest first: (job id, item index, its turn now); the new job's have no id yet
     queues: list[list[tuple[str | None, int, int | None]]] = [
         [(job_id, item.index, turn_of(item)) for item in sorted(items, key=lambda i: (turn_of(i), i.index))]
         for job_id, items in sorted(jobs.items(), key=first_come)]
