@@ -159,6 +159,29 @@ def test_server_errors_after_submit_resume_the_same_request(runtime_factory, fak
     assert len(fake_fal.submits) == 1, "a retry submitted the paid request again"
 
 
+def test_a_model_download_refused_by_a_server_error_is_retried_without_paying_again(
+        runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    fake_fal.fail(500, on="download", times=2)  # FAL's file server hiccups on the finished model
+    runtime = runtime_factory(fal_retries=3)
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    done = wait_done(runtime.service, job.id)
+    assert done.state == JobState.SUCCEEDED, done.items[0].error
+    assert len(fake_fal.submits) == 1, "a retried download submitted the paid request again"
+    assert len(load_glb(runtime.files.result_path(job.id, done.items[0].model_file.name)).geometry) >= 1
+
+
+def test_a_model_file_gone_from_the_file_server_fails_in_plain_words(runtime_factory, fake_fal,
+                                                                      tmp_path) -> None:  # noqa: ANN001
+    fake_fal.fail(404, on="download")
+    runtime = runtime_factory(fal_retries=3)
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    item = wait_done(runtime.service, job.id).items[0]
+    assert item.state == ItemState.FAILED
+    assert item.error.code == "fal_result_missing", item.error
+    assert "no longer has the model file (HTTP 404)" in item.error.message
+    assert len(fake_fal.submits) == 1
+
+
 def test_persistent_server_errors_fail_after_bounded_retries(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
     fake_fal.fail(500, on="stream")
     fake_fal.fail(500, on="status")

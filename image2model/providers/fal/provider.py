@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT_SECONDS = 20.0  # a CDN that sends nothing for this long is given up on
 DOWNLOAD_CHUNK = 1024 * 256
+ERROR_BODY_BYTES = 64 * 1024  # of a refused download, quoted in the message
 T = TypeVar("T")
 
 
@@ -321,7 +323,8 @@ class FalProvider:
         cap = item.max_result_bytes
         timeout = httpx.Timeout(DOWNLOAD_TIMEOUT_SECONDS, connect=self.call_timeout)
         with timed(DOWNLOAD), self._http().stream("GET", url, timeout=timeout) as response:
-            response.raise_for_status()
+            if response.status_code >= 400:
+                raise self._download_refused(response, item)
             declared = int(response.headers.get("content-length") or 0)
             if declared > cap:
                 raise ItemFailed("result_too_large", f"The model file is {declared / 1e6:.0f} MB, over the "
@@ -333,6 +336,17 @@ class FalProvider:
                     raise ItemFailed("result_too_large", f"The model file is over the {cap / 1e6:.0f} MB "
                                      "limit.") from exc
                 raise
+
+    def _download_refused(self, response: httpx.Response, item: ItemRun) -> ItemFailed:
+        """A file server's refusal: transient ones retryable (the request is resumed, not
+        paid again); a missing file says so. The body of a streamed answer is read first,
+        at most ERROR_BODY_BYTES of it, to quote what the server said."""
+        body = b"".join(islice(response.iter_bytes(4096), ERROR_BODY_BYTES // 4096))
+        text = body.decode("utf-8", "replace").strip()[:300] or "no details"
+        if response.status_code in (404, 410):
+            return ItemFailed("fal_result_missing", f"FAL finished, but its file server no longer has the model "
+                              f"file (HTTP {response.status_code}): {text}")
+        return classify_http_error(response.status_code, text, own_key=bool(item.fal_key))
 
     def close(self) -> None:
         """Stop following requests (they stay running at FAL and are resumed after a restart)."""
