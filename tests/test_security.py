@@ -101,6 +101,33 @@ def test_page_jobs_are_downloadable_by_their_id_without_a_key(keyed, tmp_path) -
         assert_error(client.get(routes["status"][1], headers=bearer(ALICE)), 404, "job_not_found")
 
 
+def test_the_gradio_api_and_the_page_do_not_reach_a_keys_jobs(keyed, tmp_path) -> None:  # noqa: ANN001
+    """With API_KEYS set, a key's REST job is not found through the Gradio API (which has no
+    key): a person given one of its download links cannot read or cancel it there. Page jobs
+    still answer."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    with httpx.Client(base_url=keyed.url, timeout=30) as http:
+        created = post_images(http, [("a.png", png())], headers=bearer(ALICE))
+    alice_job = created.json()["job_id"]
+    source = tmp_path / "page.png"
+    source.write_bytes(png(3))
+    page_job = keyed.runtime.service.create_job([Upload("page.png", source)]).id
+    assert wait_job(keyed, alice_job).state == JobState.SUCCEEDED
+    assert wait_job(keyed, page_job).state == JobState.SUCCEEDED
+    client = Client(keyed.url, download_files=False, verbose=False)
+    try:
+        for endpoint in ("/job_status", "/cancel_job"):
+            with pytest.raises(AppError, match="No job with that id"):
+                client.predict(alice_job, api_name=endpoint)
+        assert client.predict(page_job, api_name="/job_status")["state"] == "succeeded"
+    finally:
+        client.close()
+    job = keyed.runtime.service.get(alice_job)
+    assert not job.cancel_requested and job.state == JobState.SUCCEEDED
+
+
 def test_open_api_logs_a_warning_at_start(live_server_factory, caplog) -> None:  # noqa: ANN001
     caplog.set_level(logging.WARNING, logger="image2model.web.security")
     live_server_factory(fal_key="", api_keys=KEYS)

@@ -110,6 +110,12 @@ class Item:
         return cls(**data)
 
 
+# The owner of jobs made without an API key: on the page, through the Gradio API or MCP, or
+# through an open REST API. The page and the Gradio API read only these, so with API_KEYS set
+# a key's jobs are not theirs to read or cancel.
+OPEN_OWNER = ""
+
+
 @dataclass
 class Job:
     id: str
@@ -117,7 +123,7 @@ class Job:
     mode: Mode
     params: dict[str, Any]
     items: list[Item]
-    owner: str = ""  # who created it (an API key's id); empty for open access
+    owner: str = OPEN_OWNER  # who created it (an API key's id); OPEN_OWNER for open access
     share: str = ""  # whose fair share of the queue it runs in (jobs/fairness.py); "": its own
     own_fal_key: bool = False  # runs on a key the person gave (kept sealed apart, until the job ends)
     created_at: float = field(default_factory=time.time)

@@ -24,6 +24,7 @@ import gradio as gr
 
 from image2model.errors import AppError
 from image2model.jobs.changes import read_interval
+from image2model.jobs.model import OPEN_OWNER
 from image2model.jobs.service import JobService, Upload
 from image2model.runtime import Runtime
 from image2model.web.page.named_files import NamedFiles
@@ -69,14 +70,14 @@ async def follow_job(service: JobService, job_id: str, every: float | None = Non
     after that many quiet seconds (the page's elapsed times keep moving). A job deleted
     meanwhile ends the stream with AppError job_not_found.
     """
-    job = await asyncio.to_thread(service.get, job_id)
+    job = await asyncio.to_thread(service.get, job_id, OPEN_OWNER)
     read_at = time.monotonic()
     yield service.status(job)
     while not job.state.terminal:
         await service.wait_for_change_async(job_id, job.version, every or WAIT_SECONDS)
         await asyncio.sleep(max(0.0, read_at + read_interval(len(job.items)) - time.monotonic()))
         read_at = time.monotonic()
-        fresh = await asyncio.to_thread(service.get, job_id)
+        fresh = await asyncio.to_thread(service.get, job_id, OPEN_OWNER)
         changed = fresh.version != job.version
         job = fresh
         if changed or every is not None:
@@ -139,7 +140,7 @@ def register_api(runtime: Runtime, security: ApiSecurity) -> None:
             job_id, state (queued, running, succeeded, partial, failed or cancelled), progress (0 to 100), and items: per photo its state, message, error and files, each file with a `url` relative to this server (e.g. /api/v1/download/<job_id>/duck.glb).
         """
         try:
-            return service.status(service.get(job_id))
+            return service.status(service.get(job_id, OPEN_OWNER))
         except Exception as exc:  # noqa: BLE001
             raise gr.Error(friendly(exc), print_exception=False) from None
 
@@ -153,7 +154,7 @@ def register_api(runtime: Runtime, security: ApiSecurity) -> None:
             the job's status afterwards, as `job_status` gives it.
         """
         try:
-            return service.status(service.cancel(job_id))
+            return service.status(service.cancel(job_id, OPEN_OWNER))
         except Exception as exc:  # noqa: BLE001
             raise gr.Error(friendly(exc), print_exception=False) from None
 

@@ -20,6 +20,7 @@ import gradio as gr
 
 from image2model.errors import AppError
 from image2model.examples import EXAMPLES
+from image2model.jobs.model import OPEN_OWNER
 from image2model.media.images import browser_preview
 from image2model.providers.catalog import LOCAL_MODEL, ModelSpec, catalog
 from image2model.providers.local import CPU_COUNT
@@ -386,7 +387,7 @@ class Page:
         if not job_id:
             return False
         try:
-            return not self.service.get(job_id).state.terminal
+            return not self.service.get(job_id, OPEN_OWNER).state.terminal
         except Exception:  # noqa: BLE001 - an expired or unknown job is not running
             return False
 
@@ -447,7 +448,7 @@ class Page:
 
     def job_exists(self, job_id: str) -> bool:
         try:
-            self.service.get(job_id)
+            self.service.get(job_id, OPEN_OWNER)
         except AppError:
             return False
         return True
@@ -553,7 +554,7 @@ class Page:
         move when an earlier photo finishes after a later one."""
         caption = (chosen.value or {}).get("caption") if isinstance(chosen.value, dict) else None
         try:
-            status = self.service.status(self.service.get(job_id))
+            status = self.service.status(self.service.get(job_id, OPEN_OWNER))
             item = next(i for i in finished_items(status) if model_file(i)["name"] == caption)  # type: ignore[index]
             session = session_of(request)
             if session in self.latest:  # the running watcher keeps the highlight on it
@@ -568,7 +569,7 @@ class Page:
         if not job_id:
             return note("There is no job to cancel.")
         try:
-            status = self.service.status(self.service.cancel(job_id))
+            status = self.service.status(self.service.cancel(job_id, OPEN_OWNER))
         except Exception as exc:  # noqa: BLE001
             return note(friendly(exc))
         if status["finished"]:

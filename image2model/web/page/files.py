@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from image2model.errors import AppError
-from image2model.jobs.model import Job
+from image2model.jobs.model import OPEN_OWNER, Job
 from image2model.jobs.service import JobService, Upload
 from image2model.media.archive import write_zip
 from image2model.media.images import image_extension
@@ -71,7 +71,7 @@ def _fresh(target: Path, source: Path) -> bool:
 
 def export_model(service: JobService, files: FileStore, job_id: str, index: int, fmt: str) -> Path:
     """The model of item `index` as `fmt` (glb, obj as a zip with its texture, stl, ply)."""
-    job = service.get(job_id)
+    job = service.get(job_id, OPEN_OWNER)
     if not 0 <= index < len(job.items) or job.items[index].model_file is None:
         raise AppError("file_not_found", "That model is not ready yet.", 404)
     source = files.result_path(job_id, job.items[index].model_file.name)
@@ -114,7 +114,7 @@ def result_paths(files: FileStore, job: Job) -> list[Path]:
 
 def export_zip(service: JobService, files: FileStore, job_id: str) -> Path:
     """All results of the job in one ZIP, rebuilt only when the set of results changed."""
-    job = service.get(job_id)
+    job = service.get(job_id, OPEN_OWNER)
     paths = result_paths(files, job)
     if not paths:
         raise AppError("file_not_found", "No model is ready yet, so there is nothing to download.", 404)

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from image2model.errors import AppError
-from image2model.jobs.model import Job
+from image2model.jobs.model import OPEN_OWNER, Job
 from image2model.jobs.service import JobService
 from image2model.providers.catalog import catalog
 from image2model.storage import JOB_ID
@@ -75,7 +75,7 @@ def still_there(service: JobService, recent: Any) -> list[dict[str, Any]]:
     kept = []
     for entry in clean_recent(recent):
         try:
-            service.get(entry["id"])
+            service.get(entry["id"], OPEN_OWNER)
         except AppError:
             continue
         kept.append(entry)
