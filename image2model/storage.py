@@ -14,9 +14,10 @@ import shutil
 import socket
 import tempfile
 import time
-import unicodedata
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from anyascii import anyascii
 
 from image2model.errors import AppError, is_disk_full
 
@@ -38,18 +39,21 @@ NAME_MAX = 120
 
 
 def safe_name(name: str, fallback: str = "image") -> str:
-    """A file name reduced to harmless characters, keeping its readable part; long stems are
-    cut so that the prefixes and suffixes we add keep every stored name within NAME_MAX."""
+    """A file name reduced to harmless ASCII, keeping its readable part: other scripts are
+    transliterated ("кружка.png" -> "kruzhka.png", "猫.jpg" -> "Mao.jpg"), so a job of photos
+    named in Cyrillic or Chinese still tells its models apart; a name with nothing readable
+    left takes `fallback`. Long stems are cut so that the prefixes and suffixes we add keep
+    every stored name within NAME_MAX."""
     base = os.path.basename(str(name).replace("\\", "/"))
-    base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii")
-    base = UNSAFE.sub("_", base).strip(" ._")
-    base = re.sub(r"_+", "_", base)
-    if not base:
-        base = fallback
     stem, dot, ext = base.rpartition(".")
-    if not dot or not stem or len(ext) > 10:
-        stem, dot, ext = base, "", ""
-    return stem[:STEM_MAX].rstrip(" ._") + dot + ext
+    if not dot or len(ext) > 10:  # no extension, or a dot inside the name
+        stem, ext = base, ""
+    stem, ext = _readable(stem) or fallback, _readable(ext)
+    return stem[:STEM_MAX].rstrip(" ._") + (f".{ext}" if ext else "")
+
+
+def _readable(text: str) -> str:
+    return re.sub(r"_+", "_", UNSAFE.sub("_", anyascii(text))).strip(" ._")
 
 
 def make_unique(names: Iterable[str], variant: Callable[[str, int], str]) -> list[str]:

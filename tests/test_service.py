@@ -9,7 +9,7 @@ import pytest
 
 from image2model.errors import AppError
 from image2model.jobs.service import job_status
-from tests.engine_helpers import uploads_for
+from tests.engine_helpers import uploads_for, wait_done
 
 
 def test_status_json_follows_every_change_and_guards_the_owner(runtime_factory, tmp_path) -> None:  # noqa: ANN001
@@ -76,3 +76,16 @@ def test_an_upload_that_vanished_before_the_job_is_refused_in_words(runtime_fact
         runtime.service.create_job([Upload("duck.png", tmp_path / "gone" / "duck.png")])
     assert refused.value.code == "upload_gone" and "'duck.png' is no longer on the server" in refused.value.message
     assert runtime.store.all_job_ids() == [] and runtime.files.job_ids() == []
+
+
+def test_photos_named_in_any_script_give_models_named_after_them(runtime_factory, tmp_path) -> None:  # noqa: ANN001
+    """A job of photos named in Cyrillic, Chinese or emoji tells its models apart by name
+    (they used to be png.glb, png-2.glb, ...: the extension was all that was left)."""
+    runtime = runtime_factory(fal_key="")
+    names = ["кружка.png", "猫.png", "🐱.png", "_.png", "猫.png", "Ñandú 2.jpg"]
+    job = runtime.service.create_job(uploads_for(tmp_path, names))
+    assert [item.stem for item in job.items] == ["kruzhka", "Mao", "cat", "image", "Mao-2", "Nandu 2"]
+    done = wait_done(runtime.service, job.id)
+    assert [item.model_file.name for item in done.items] == [
+        "kruzhka.glb", "Mao.glb", "cat.glb", "image.glb", "Mao-2.glb", "Nandu 2.glb"]
+    assert [item.name for item in done.items] == names  # the photo keeps its own name in the status
