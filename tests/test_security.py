@@ -101,6 +101,21 @@ def test_page_jobs_are_downloadable_by_their_id_without_a_key(keyed, tmp_path) -
         assert_error(client.get(routes["status"][1], headers=bearer(ALICE)), 404, "job_not_found")
 
 
+def test_every_link_in_a_keys_file_list_works_without_the_key(keyed) -> None:  # noqa: ANN001
+    """GET /download/{job}/all gives links with fresh tokens: each of them (files[].url,
+    download_urls[], zip_url) opens in a browser, which sends no key."""
+    with httpx.Client(base_url=keyed.url, timeout=30) as http:
+        job_id = post_images(http, [("a.png", png()), ("b.png", png(2))], headers=bearer(ALICE)).json()["job_id"]
+        assert wait_job(keyed, job_id).state == JobState.SUCCEEDED
+        listing = http.get(f"/api/v1/download/{job_id}/all", headers=bearer(ALICE)).json()
+        links = [f["url"] for f in listing["files"]] + listing["download_urls"] + [listing["zip_url"]]
+        assert len(links) == 2 * len(listing["files"]) + 1 >= 5
+        for link in links:
+            assert "token=" in link, link
+            assert http.get(link).status_code == 200, link  # no header: the token alone
+        assert_error(http.get(listing["zip_url"].split("?")[0]), 401, "missing_api_key")
+
+
 def test_the_gradio_api_and_the_page_do_not_reach_a_keys_jobs(keyed, tmp_path) -> None:  # noqa: ANN001
     """With API_KEYS set, a key's REST job is not found through the Gradio API (which has no
     key): a person given one of its download links cannot read or cancel it there. Page jobs

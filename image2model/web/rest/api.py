@@ -365,7 +365,8 @@ def _link_query(api: Api, job: Job) -> str:
 def _file_list(job: Job, base: str, query: str) -> dict[str, Any]:
     """Our list, plus what the original API's clients read: absolute `download_urls[]` in the
     same order as `files[]`, `mime_type`, `created_time`, and the item's preview as
-    `rendered_image`."""
+    `rendered_image`. Every link carries `query` (a key's job: a fresh token), so any of them
+    works in a browser."""
     files, urls = [], []
     for item in job.items:
         preview = item.preview_file
@@ -375,12 +376,12 @@ def _file_list(job: Job, base: str, query: str) -> dict[str, Any]:
                         if preview is not None and f.kind == "model" else None)
             files.append(ResultFileInfo(
                 filename=f.name, size=f.size, content_type=f.content_type, mime_type=f.content_type, kind=f.kind,
-                item=item.index, item_name=item.name, url=url, rendered_image=rendered,
+                item=item.index, item_name=item.name, url=f"{url}{query}", rendered_image=rendered,
                 created_time=_iso_time(item.finished_at)))
             urls.append(f"{base}{url}{query}")
     return {"job_id": job.id, "state": job.state.value, "finished": job.state.terminal,
             "total_files": len(files), "files": files, "download_urls": urls,
-            "zip_url": f"{API_PREFIX}/download/{job.id}/all.zip"}
+            "zip_url": f"{API_PREFIX}/download/{job.id}/all.zip{query}"}
 
 
 def _iso_time(timestamp: float | None) -> str | None:
