@@ -210,6 +210,7 @@ def test_item_deadline_stops_the_item_and_cancels_on_fal(runtime_factory, fake_f
     done = wait_done(runtime.service, job.id)
     item = done.items[0]
     assert item.error.code == "deadline_exceeded"
+    assert item.error.message == "The model took longer than the limit of 1 second."
     assert item.request_id in fake_fal.cancelled
 
 
@@ -227,6 +228,7 @@ def test_a_result_over_the_size_cap_is_refused(runtime_factory, fake_fal, tmp_pa
     job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
     item = wait_done(runtime.service, job.id).items[0]
     assert item.error.code == "result_too_large"
+    assert item.error.message == "The model file is 293 KB, over the limit of 102 KB.", item.error.message
     assert list(runtime.files.results_dir(job.id).glob("*.glb")) == []
 
 

@@ -30,6 +30,7 @@ from image2model.providers.base import ItemCancelled, ItemFailed, Provider, Prov
 from image2model.providers.catalog import ModelSpec, catalog
 from image2model.sealing import KeyUnreadable
 from image2model.storage import FileStore
+from image2model.units import duration_text
 from image2model.worker.heartbeats import CancelFlags, Heartbeats
 from image2model.worker.liveness import known_dead, owner_process, pid_gone, worker_name
 from image2model.outage import store_outage
@@ -162,8 +163,8 @@ class LiveItemRun:
         if self._cancelled:
             raise ItemCancelled()
         if time.time() > self.deadline:
-            minutes = self.settings.item_deadline_seconds / 60
-            raise ItemFailed("deadline_exceeded", f"The model took longer than the {minutes:g}-minute limit.")
+            limit = duration_text(self.settings.item_deadline_seconds)
+            raise ItemFailed("deadline_exceeded", f"The model took longer than the limit of {limit}.")
 
     def sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds

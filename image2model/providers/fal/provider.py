@@ -40,6 +40,7 @@ from image2model.providers.fal.errors import classify_http_error, error_detail
 from image2model.providers.fal.reconcile import RequestHistory, SubmitLedger
 from image2model.providers.fal.status import StatusWatch
 from image2model.providers.fal.watcher import FalWatcher, Watch
+from image2model.units import size_text
 
 log = logging.getLogger(__name__)
 
@@ -327,14 +328,14 @@ class FalProvider:
                 raise self._download_refused(response, item)
             declared = int(response.headers.get("content-length") or 0)
             if declared > cap:
-                raise ItemFailed("result_too_large", f"The model file is {declared / 1e6:.0f} MB, over the "
-                                 f"{cap / 1e6:.0f} MB limit.")
+                raise ItemFailed("result_too_large", f"The model file is {size_text(declared)}, over the "
+                                 f"limit of {size_text(cap)}.")
             try:
                 item.write_file(target, checked(response.iter_bytes(DOWNLOAD_CHUNK), item), max_bytes=cap)
             except Exception as exc:
                 if getattr(exc, "code", "") == "file_too_large":
-                    raise ItemFailed("result_too_large", f"The model file is over the {cap / 1e6:.0f} MB "
-                                     "limit.") from exc
+                    raise ItemFailed("result_too_large", f"The model file is over the limit of "
+                                     f"{size_text(cap)}.") from exc
                 raise
 
     def _download_refused(self, response: httpx.Response, item: ItemRun) -> ItemFailed:
