@@ -59,6 +59,23 @@ def test_a_submit_fal_never_got_is_sent_again_once_history_proves_it(runtime_fac
     assert len(fake_fal.uploads) == 1, "the resubmit reuses the uploaded input"
 
 
+def test_a_submit_fal_keeps_refusing_with_5xx_is_retried_fal_retries_times_then_fails(
+        runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    """Each refusal is checked in FAL's history (a 5xx may hide an accepted request), then
+    counts as one retry: the photo fails as fal_unavailable after FAL_RETRIES, not at the item
+    deadline after sending it again for as long as FAL keeps failing."""
+    fake_fal.fail(503, on="submit")
+    runtime = runtime_factory(fal_retries=2, fal_reconcile_seconds=2.0)
+    job = runtime.service.create_job(uploads_for(tmp_path, ["cup.png"]), model="fal-ai/trellis")
+    item = wait_done(runtime.service, job.id, timeout=90).items[0]
+    assert item.state == ItemState.FAILED
+    assert item.error.code == "fal_unavailable", item.error
+    assert "never arrived" in item.error.message and "gave up after 2 retries" in item.error.message
+    posts = [r for r in fake_fal.requests_log if r[0] == "POST" and r[1].startswith("/queue/")]
+    assert len(posts) == 3 and fake_fal.submits == []
+    assert len(fake_fal.uploads) == 1, "each try reuses the uploaded input"
+
+
 def test_history_that_lists_running_requests_proves_absence_at_once(runtime_factory, fake_fal,
                                                                     tmp_path) -> None:  # noqa: ANN001
     fake_fal.history_lists_unfinished = True

@@ -246,10 +246,12 @@ class FalProvider:
         return request_id
 
     def _after_lost_answer(self, item: ItemRun, ledger: SubmitLedger, why: str) -> str:
+        """The request FAL took; when FAL proves it took none, a retryable failure: the next
+        try sends it again (the inputs stay uploaded), and FAL_RETRIES bounds how often, as for
+        any refusal, instead of sending it again here for as long as FAL keeps failing."""
         request_id = self._reconcile(item, ledger, why)
-        if request_id is None:  # FAL proved it never got it: send it now
-            return self._submit_once(item, ledger, item.spec.fal_arguments(ledger.input_urls, item.params,
-                                                                              item.mode))
+        if request_id is None:
+            raise ItemFailed("fal_unavailable", f"{why}, and FAL's history shows it never arrived.", retryable=True)
         return request_id
 
     def _reconcile(self, item: ItemRun, ledger: SubmitLedger, why: str) -> str | None:
