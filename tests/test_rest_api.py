@@ -8,6 +8,7 @@ import json
 import zipfile
 
 import httpx
+import numpy as np
 import pytest
 import trimesh
 
@@ -126,10 +127,19 @@ def test_conversions_on_demand(client, finished_job) -> None:  # noqa: ANN001
     assert stl.headers["content-disposition"] == 'attachment; filename="shoe.stl"'
     assert len(trimesh.load(io.BytesIO(stl.content), file_type="stl").faces) > 0
     ply = client.get(url, params={"format": "ply"})
-    assert ply.status_code == 200 and len(trimesh.load(io.BytesIO(ply.content), file_type="ply").faces) > 0
+    assert ply.status_code == 200
+    coloured = trimesh.load(io.BytesIO(ply.content), file_type="ply")
+    assert len(coloured.faces) > 0 and coloured.visual.kind == "vertex"  # PLY has no texture: colours
+    colour = np.median(coloured.visual.vertex_colors[:, :3], axis=0)  # shoe.png's ellipse is (53, 97, 120)
+    assert np.abs(colour - (53, 97, 120)).max() <= 4, f"the texture's colour was lost: {colour}"
     obj = client.get(url, params={"format": "obj"})
     assert obj.status_code == 200 and obj.headers["content-type"] == "application/zip"
-    assert "shoe.obj" in zipfile.ZipFile(io.BytesIO(obj.content)).namelist()
+    archive = zipfile.ZipFile(io.BytesIO(obj.content))
+    assert "shoe.obj" in archive.namelist()
+    mtl = archive.read("shoe.mtl").decode().splitlines()
+    texture = next(line.split()[1] for line in mtl if line.startswith("map_Kd"))
+    assert texture in archive.namelist()
+    assert "Kd 1.00000000 1.00000000 1.00000000" in mtl, "a viewer multiplies Kd with the texture"
     assert obj.headers["etag"] != stl.headers["etag"]
     assert_error(client.get(url, params={"format": "fbx"}), 422, "invalid_request", "format")
 

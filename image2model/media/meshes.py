@@ -58,6 +58,7 @@ def convert(path: Path, fmt: str) -> tuple[bytes, str, str]:
     scene = load_scene(path)
     stem = path.stem
     if fmt == "obj":
+        _plain_materials(scene)
         files = trimesh.exchange.obj.export_obj(scene, include_texture=True, return_texture=True,
                                                  mtl_name=f"{stem}.mtl")
         text, textures = files if isinstance(files, tuple) else (files, {})
@@ -67,8 +68,31 @@ def convert(path: Path, fmt: str) -> tuple[bytes, str, str]:
             for name, data in textures.items():
                 archive.writestr(name, data)
         return buffer.getvalue(), f"{stem}.obj.zip", CONVERSIONS[fmt]
+    if fmt == "ply":
+        _texture_as_vertex_colours(scene)
     mesh = scene.to_mesh() if hasattr(scene, "to_mesh") else scene.dump(concatenate=True)
     data = mesh.export(file_type=fmt)
     if isinstance(data, str):
         data = data.encode()
     return data, f"{stem}.{fmt}", CONVERSIONS[fmt]
+
+
+def _plain_materials(scene: trimesh.Scene) -> None:
+    """The GLB's PBR materials as plain ones whose colour is the texture itself. trimesh's own
+    conversion writes Kd 0.4, which viewers multiply with the texture: a model 40 % as bright."""
+    from trimesh.visual.material import PBRMaterial, SimpleMaterial
+
+    for geometry in scene.geometry.values():
+        material = getattr(getattr(geometry, "visual", None), "material", None)
+        if isinstance(material, PBRMaterial):
+            factor = material.baseColorFactor if material.baseColorFactor is not None else [255, 255, 255, 255]
+            geometry.visual.material = SimpleMaterial(image=material.baseColorTexture, diffuse=factor,
+                                                      ambient=factor, specular=[0, 0, 0, 255], glossiness=1.0)
+
+
+def _texture_as_vertex_colours(scene: trimesh.Scene) -> None:
+    """PLY has no textures: each vertex takes its texture colour, so the model keeps its look."""
+    for geometry in scene.geometry.values():
+        visual = getattr(geometry, "visual", None)
+        if getattr(visual, "kind", None) == "texture" and getattr(visual, "uv", None) is not None:
+            geometry.visual = visual.to_color()
