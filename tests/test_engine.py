@@ -368,6 +368,19 @@ class TestRefusedBeforeAnythingIsQueued:
         assert caught.value.code == "spending_limit" and caught.value.status == 429
         assert len(runtime.store.all_job_ids()) == 1
 
+    def test_cancelled_photos_that_never_reached_fal_give_back_their_spending(self, runtime_factory,
+                                                                             tmp_path) -> None:  # noqa: ANN001
+        """Else anyone could lock a server out of FAL for an hour at no cost: upload, cancel."""
+        runtime = runtime_factory(start_consumer=False, fal_images_per_hour=3)
+        job = runtime.service.create_job(uploads_for(tmp_path, ["a.png", "b.png", "c.png"]), model="fal-ai/trellis")
+        runtime.service.cancel(job.id)  # all three still waiting: nothing was sent, nothing paid
+        assert runtime.store.images_reserved(3600, time.time()) == 0
+        again = runtime.service.create_job(uploads_for(tmp_path / "x", ["d.png", "e.png"]), model="fal-ai/trellis")
+        assert again.state == JobState.QUEUED
+        with pytest.raises(AppError) as caught:
+            runtime.service.create_job(uploads_for(tmp_path / "y", ["f.png", "g.png"]), model="fal-ai/trellis")
+        assert caught.value.code == "spending_limit"
+
 
 def test_a_worker_without_a_fal_key_fails_the_item_at_once(settings_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
     """Split configuration: the web side has a key, this worker has none."""

@@ -170,6 +170,20 @@ def test_learned_durations_and_spending_reservations(store) -> None:  # noqa: AN
     assert store.reserve_images(1, 25, 3600, now + 3700) is True  # the window moved on
 
 
+def test_reserved_images_can_be_given_back_by_their_holder(store) -> None:  # noqa: ANN001
+    now = time.time()
+    assert store.reserve_images(3, 5, 3600, now, holder="job-a") is True
+    assert store.reserve_images(2, 5, 3600, now, holder="job-b") is True
+    assert store.reserve_images(1, 5, 3600, now) is False
+    store.release_images("job-a", 2)
+    assert store.images_reserved(3600, now) == 3
+    store.release_images("job-a", 5)  # never below nothing
+    store.release_images("no-such-job", 4)
+    assert store.images_reserved(3600, now) == 2
+    assert store.reserve_images(3, 5, 3600, now, holder="job-c") is True
+    assert store.reserve_images(1, 5, 3600, now) is False
+
+
 def test_deleting_a_job_wakes_its_waiters(store) -> None:  # noqa: ANN001
     job = new_job()
     store.create(job)

@@ -119,6 +119,22 @@ end
 return cjson.encode(moved)
 """
 
+# A reservation is the member "<holder>:<images>" scored by its time; giving images back
+# rewrites the member in place (same score), dropping it at zero.
+RELEASE = """
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local holder, images = string.match(member, '^(.*):(%d+)$')
+  if holder == ARGV[1] then
+    local score = redis.call('ZSCORE', KEYS[1], member)
+    redis.call('ZREM', KEYS[1], member)
+    local left = tonumber(images) - tonumber(ARGV[2])
+    if left > 0 then redis.call('ZADD', KEYS[1], score, holder .. ':' .. left) end
+    return 1
+  end
+end
+return 0
+"""
+
 RESERVE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local used = 0
@@ -142,6 +158,7 @@ class RedisJobStore(JobStore):
         self._probe = redis_client(url, PROBE_TIMEOUT_SECONDS, decode_responses=True)
         self._update_item = self.redis.register_script(UPDATE_ITEM)
         self._reserve = self.redis.register_script(RESERVE)
+        self._release = self.redis.register_script(RELEASE)
         self._move_turns = self.redis.register_script(MOVE_TURNS)
         self._closed = threading.Event()
         self._listener: threading.Thread | None = None
@@ -366,12 +383,16 @@ class RedisJobStore(JobStore):
         value = self.redis.hget(PREFIX + "durations", model)
         return float(value) if value is not None else None
 
-    def reserve_images(self, count: int, limit: int, window_seconds: float, now: float) -> bool:
+    def reserve_images(self, count: int, limit: int, window_seconds: float, now: float,
+                       holder: str = "") -> bool:
         allowed = self._reserve(
             keys=[PREFIX + "reservations"],
-            args=[now - window_seconds, count, limit, now, uuid.uuid4().hex, int(window_seconds) + 1],
+            args=[now - window_seconds, count, limit, now, holder or uuid.uuid4().hex, int(window_seconds) + 1],
         )
         return bool(allowed)
+
+    def release_images(self, holder: str, count: int) -> None:
+        self._release(keys=[PREFIX + "reservations"], args=[holder, count])
 
     def images_reserved(self, window_seconds: float, now: float) -> int:
         members = self.redis.zrangebyscore(PREFIX + "reservations", now - window_seconds, "+inf")

@@ -119,10 +119,10 @@ class JobService:
         for upload, name in zip(uploads, names):
             self._check_file(upload.path, name)
         self._check_disk()
-        if spec.provider == "fal" and not own_key:
-            self._reserve_spending(len(uploads))
-
         job_id = uuid.uuid4().hex
+        if spec.provider == "fal" and not own_key:
+            self._reserve_spending(job_id, len(uploads))
+
         try:
             stored = self._store_inputs(job_id, uploads, names)
         except OSError as exc:  # nothing half-stored stays behind
@@ -283,9 +283,9 @@ class JobService:
                            f"(the limit is {limit}).{more} Please try again in a few minutes.", 503,
                            {"waiting": waiting, "limit": limit})
 
-    def _reserve_spending(self, count: int) -> None:
+    def _reserve_spending(self, job_id: str, count: int) -> None:
         limit = self.settings.fal_images_per_hour
-        if limit and not self.store.reserve_images(count, limit, 3600.0, time.time()):
+        if limit and not self.store.reserve_images(count, limit, 3600.0, time.time(), holder=job_id):
             raise AppError("spending_limit", f"This server's limit of {limit} paid images an hour is "
                            "used up; please try again later or use the offline model.", 429)
 
@@ -327,6 +327,7 @@ class JobService:
         self.get(job_id, owner)
         self.store.request_cancel(job_id)
         job = self.get(job_id, owner)
+        never_sent = 0
         for item in job.items:
             if item.state == ItemState.QUEUED:
                 cancelled = self.store.update_item(job_id, item.index,
@@ -335,6 +336,9 @@ class JobService:
                                                    expect_state=[ItemState.QUEUED])
                 if cancelled is not None:
                     item_ended(self.store, job_id, item.index)
+                    never_sent += 0 if cancelled.request_id or cancelled.fal_submit else len(cancelled.inputs)
+        if never_sent and self.settings.fal_images_per_hour:
+            self.store.release_images(job_id, never_sent)  # the spending guard counts only what may be paid
         self._replan(job.share)
         log.info("job cancel requested", extra={"job_id": job_id})
         return self.get(job_id, owner)

@@ -299,16 +299,22 @@ class SqliteJobStore(JobStore):
         row = self._conn.execute("SELECT seconds FROM durations WHERE model = ?", (model,)).fetchone()
         return float(row[0]) if row else None
 
-    def reserve_images(self, count: int, limit: int, window_seconds: float, now: float) -> bool:
+    def reserve_images(self, count: int, limit: int, window_seconds: float, now: float,
+                       holder: str = "") -> bool:
         def reserve(conn: sqlite3.Connection) -> bool:
             conn.execute("DELETE FROM reservations WHERE at < ?", (now - window_seconds,))
             used = conn.execute("SELECT COALESCE(SUM(images), 0) FROM reservations").fetchone()[0]
             if used + count > limit:
                 return False
-            conn.execute("INSERT INTO reservations (id, at, images) VALUES (?, ?, ?)", (uuid.uuid4().hex, now, count))
+            conn.execute("INSERT INTO reservations (id, at, images) VALUES (?, ?, ?)",
+                         (holder or uuid.uuid4().hex, now, count))
             return True
 
         return bool(self._write(reserve))
+
+    def release_images(self, holder: str, count: int) -> None:
+        self._write(lambda conn: conn.execute("UPDATE reservations SET images = MAX(0, images - ?) WHERE id = ?",
+                                              (count, holder)))
 
     def images_reserved(self, window_seconds: float, now: float) -> int:
         row = self._conn.execute("SELECT COALESCE(SUM(images), 0) FROM reservations WHERE at >= ?",

@@ -180,9 +180,14 @@ class JobStore(ABC):
 
     # --- spending guard: images accepted per sliding hour --------------------------------
     @abstractmethod
-    def reserve_images(self, count: int, limit: int, window_seconds: float, now: float) -> bool:
+    def reserve_images(self, count: int, limit: int, window_seconds: float, now: float,
+                       holder: str = "") -> bool:
         """Atomically count `count` images against a rolling window; False (and nothing
-        counted) when that would pass `limit`."""
+        counted) when that would pass `limit`. `holder` (a job id) can give some back."""
+
+    @abstractmethod
+    def release_images(self, holder: str, count: int) -> None:
+        """Give back up to `count` of `holder`'s reserved images: photos that were never sent."""
 
     @abstractmethod
     def images_reserved(self, window_seconds: float, now: float) -> int:
