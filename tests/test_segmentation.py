@@ -22,7 +22,8 @@ from image2model.jobs.model import JobState
 from image2model.jobs.service import Upload, job_status
 from image2model.providers.local import NOTHING_STOOD_OUT
 from image2model.providers.relief import generate_relief
-from image2model.web.page.view import table_rows
+from image2model.web.page.blocks import seen_note
+from image2model.web.page.view import shows_cutout, table_rows
 from tests import imagefactory as factory
 from tests.engine_helpers import wait_done
 
@@ -160,6 +161,9 @@ def test_the_item_says_in_plain_words_when_nothing_stood_out(runtime_factory, tm
     assert "cut-out PNG" in flat["message"]
     assert separated["message"] == "Done"
     assert NOTHING_STOOD_OUT in table_rows(status)[0][3]  # the page's per-image table
+    # beside the viewer, the words under "what the model saw" match what it saw
+    assert "your whole photo" in seen_note(flat, shows_cutout(flat)) and "taken away" not in seen_note(flat, True)
+    assert "background taken away" in seen_note(separated, shows_cutout(separated))
     for item in done.items:
         preview = item.preview_file
         assert preview is not None and preview.kind == "preview" and preview.content_type == "image/png"

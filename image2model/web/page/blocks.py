@@ -70,6 +70,9 @@ DOWNLOAD_NOW_JS = """() => {
   if (button) { button.click(); }
 }"""
 SEEN_NOTE = "\n\nOn the left, **what the model saw**: your photo with the background taken away."
+WHOLE_PHOTO_NOTE = ("\n\nOn the left, **what the model saw**: your whole photo, since nothing stood out from "
+                    "its background. For a model of the object, try a photo on a plainer background, or a "
+                    "cut-out PNG with a transparent background.")
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 
@@ -146,6 +149,14 @@ def count_validator(max_images: int, inputs: int):  # noqa: ANN201 - a Gradio va
         return [gr.validate(not message, message)] + [gr.validate(True, "")] * (inputs - 1)
 
     return validate
+
+
+def seen_note(item: dict[str, Any], cutout: bool) -> str:
+    """Beside the cut-out: what it shows (the whole photo when nothing was separated)."""
+    if not cutout:
+        return ""
+    whole = (item.get("stats") or {}).get("mask_source") == "full_frame"
+    return WHOLE_PHOTO_NOTE if whole else SEEN_NOTE
 
 
 class Page:
@@ -544,7 +555,7 @@ class Page:
                           label=SEEN_LABEL if cutout else "Preview")
                 if preview else gr.update(value=None, visible=False))
         return {self.viewer: gr.update(value=path, camera_position=viewer_camera(item)),
-                self.stats: stats_text(item) + (SEEN_NOTE if cutout else ""), self.seen: seen,
+                self.stats: stats_text(item) + seen_note(item, cutout), self.seen: seen,
                 self.glb_btn: gr.update(value=path, interactive=True),
                 self.view_state: {"job": job_id, "index": item["index"]}}
 
