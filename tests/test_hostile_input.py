@@ -128,6 +128,16 @@ def test_one_bad_file_refuses_the_whole_job(client) -> None:  # noqa: ANN001
     assert_error(response, 415, "unsupported_file_type", "'evil.png'")
 
 
+def test_every_bad_file_is_named_in_one_answer(client) -> None:  # noqa: ANN001
+    """A person fixing a 25-photo upload learns every problem at once, not one per try."""
+    response = post_images(client, [("good.png", png(1)), ("evil.png", SVG), ("empty.png", b""),
+                                    ("fine.png", png(2))])
+    body = assert_error(response, 415, "unsupported_file_type", "2 of the 4 photos", "'evil.png'", "'empty.png'")
+    listed = body["details"]["files"]
+    assert [(f["file"], f["code"]) for f in listed] == [("evil.png", "unsupported_file_type"),
+                                                         ("empty.png", "empty_file")]
+
+
 def test_26_files_are_refused_early(client) -> None:  # noqa: ANN001
     response = post_images(client, [(f"{n}.png", png(n)) for n in range(26)])
     assert_error(response, 400, "too_many_images", "25")

@@ -116,8 +116,7 @@ class JobService:
             raise AppError("invalid_parameter", "Options must be a JSON object.", 422)
         resolved = spec.validate_params(params)
         names = [upload.name or f"image-{n + 1}" for n, upload in enumerate(uploads)]
-        for upload, name in zip(uploads, names):
-            self._check_file(upload.path, name)
+        self._check_files(uploads, names)
         self._check_disk()
         job_id = uuid.uuid4().hex
         if spec.provider == "fal" and not own_key:
@@ -252,6 +251,24 @@ class JobService:
             raise AppError("invalid_mode", f"This model does not take {text}; use "
                            f"{' or '.join(str(m) for m in allowed)}.", 422)
         return parsed
+
+    def _check_files(self, uploads: Sequence[Upload], names: list[str]) -> None:
+        """Every file is checked, so one answer names every photo that cannot be used (with the
+        first one's code and status; `details.files` lists each)."""
+        problems = []
+        for upload, name in zip(uploads, names):
+            try:
+                self._check_file(upload.path, name)
+            except AppError as exc:
+                problems.append(exc)
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            first = problems[0]
+            raise AppError(first.code, f"{len(problems)} of the {len(names)} photos cannot be used: "
+                           + " ".join(p.message for p in problems), first.status,
+                           {**first.details, "files": [{"code": p.code, "message": p.message, **p.details}
+                                                       for p in problems]})
 
     def _check_file(self, path: Path, name: str) -> None:
         limit = int(self.settings.max_image_mb * 1024 * 1024)
