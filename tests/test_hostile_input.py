@@ -138,6 +138,13 @@ def test_every_bad_file_is_named_in_one_answer(client) -> None:  # noqa: ANN001
                                                          ("empty.png", "empty_file")]
 
 
+def test_a_field_sent_twice_is_refused_not_guessed(client) -> None:  # noqa: ANN001
+    files = [("files", ("a.png", png(1), "image/png"))]
+    fields = {"params": ['{"resolution": 64}', '{"resolution": 512}']}
+    response = client.post("/api/v1/upload/", files=files, data=fields)
+    assert_error(response, 400, "invalid_field", "'params' was sent more than once")
+
+
 def test_26_files_are_refused_early(client) -> None:  # noqa: ANN001
     response = post_images(client, [(f"{n}.png", png(n)) for n in range(26)])
     assert_error(response, 400, "too_many_images", "25")

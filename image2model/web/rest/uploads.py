@@ -153,6 +153,9 @@ class _Collector:
             self._file = self._current = None
         elif self._field_name is not None:
             if self._field_name in TEXT_FIELDS:
+                if self._field_name in self.form.fields:  # which one was meant? never guess
+                    raise AppError("invalid_field", f"The form field '{self._field_name}' was sent more than once; "
+                                   "send it once.", 400, {"field": self._field_name})
                 try:
                     self.form.fields[self._field_name] = self._field_value.decode("utf-8")
                 except UnicodeDecodeError:
