@@ -142,6 +142,8 @@ def test_conversions_on_demand(client, finished_job) -> None:  # noqa: ANN001
     assert "Kd 1.00000000 1.00000000 1.00000000" in mtl, "a viewer multiplies Kd with the texture"
     assert obj.headers["etag"] != stl.headers["etag"]
     assert_error(client.get(url, params={"format": "fbx"}), 422, "invalid_request", "format")
+    blank = client.get(url, params={"format": ""})  # a form's blank choice: the model as it is
+    assert blank.status_code == 200 and blank.headers["content-type"] == "model/gltf-binary"
 
 
 def test_zip_of_all_results_is_streamed(server, client, finished_job) -> None:  # noqa: ANN001

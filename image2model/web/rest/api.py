@@ -328,13 +328,14 @@ def _download_routes(router: APIRouter, api: Api) -> None:
         return downloads.zip_response(api.runtime.files, api.downloadable_job(job_id, caller, token))
 
     def download(job_id: str, filename: str, caller: Caller = Depends(file_caller),
-                 format: Literal["glb", "obj", "stl", "ply"] | None = Query(  # noqa: A002 - the API's name
-                     None, description="Convert the model: obj (a ZIP with .mtl and textures), stl or ply."),
+                 format: Literal["glb", "obj", "stl", "ply", ""] | None = Query(  # noqa: A002 - the API's name
+                     None, description="Convert the model: obj (a ZIP with .mtl and textures), stl or ply; "
+                                       "glb or empty (a form's blank choice) for the model as it is."),
                  token: str | None = token_query, if_none_match: str | None = Header(None)) -> Response:
         """One result file, with ETag, ranges and on-demand conversion."""
         job = api.downloadable_job(job_id, caller, token)
         path, info = downloads.result_file(api.runtime.files, job, filename)
-        variant = "" if format in (None, "glb") else format
+        variant = "" if format in (None, "", "glb") else format
         etag = downloads.etag_for(job.id, filename, info, variant)
         if downloads.not_modified(if_none_match, etag):
             return Response(status_code=304, headers={"ETag": etag, "Cache-Control": downloads.CACHE_CONTROL})
