@@ -143,6 +143,27 @@ def test_the_gradio_api_and_the_page_do_not_reach_a_keys_jobs(keyed, tmp_path) -
     assert not job.cancel_requested and job.state == JobState.SUCCEEDED
 
 
+def test_gradios_file_route_does_not_serve_a_keys_job(keyed, tmp_path) -> None:  # noqa: ANN001
+    """Gradio serves files under the data directory by path; a key's job (its photos and
+    models) is not among them, however the path is spelled. A page job's files still are."""
+    with httpx.Client(base_url=keyed.url, timeout=30) as http:
+        alice_job = post_images(http, [("a.png", png())], headers=bearer(ALICE)).json()["job_id"]
+        source = tmp_path / "page.png"
+        source.write_bytes(png(3))
+        page_job = keyed.runtime.service.create_job([Upload("page.png", source)]).id
+        assert wait_job(keyed, alice_job).state == JobState.SUCCEEDED
+        assert wait_job(keyed, page_job).state == JobState.SUCCEEDED
+        files = keyed.runtime.files
+        page_model = files.result_path(page_job, "page.glb")
+        assert http.get(f"/gradio_api/file={page_model}").status_code == 200
+        alice_model = files.result_path(alice_job, "a.glb")
+        alice_photo = next(files.inputs_dir(alice_job).iterdir())
+        around = f"{files.job_dir(page_job)}/../{alice_job}/results/a.glb"
+        for path in (alice_model, alice_photo, around):
+            assert_error(http.get(f"/gradio_api/file={path}"), 404, "file_not_found")
+        assert http.get(f"/api/v1/download/{alice_job}/a.glb", headers=bearer(ALICE)).status_code == 200
+
+
 def test_open_api_logs_a_warning_at_start(live_server_factory, caplog) -> None:  # noqa: ANN001
     caplog.set_level(logging.WARNING, logger="image2model.web.security")
     live_server_factory(fal_key="", api_keys=KEYS)

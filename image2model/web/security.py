@@ -19,10 +19,12 @@ import hmac
 import ipaddress
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, Request
@@ -32,13 +34,14 @@ from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from image2model.config import Settings
 from image2model.metrics import UPLOADS_REFUSED
-from image2model.web.envelope import HttpAppError
+from image2model.web.envelope import HttpAppError, error_response
 from image2model.web.tokens import JobTokens
 
 log = logging.getLogger(__name__)
@@ -362,6 +365,7 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+GRADIO_FILE_ROUTE = "/file="  # Gradio 6: /gradio_api/file=<absolute path>
 GRADIO_RANGE = re.compile(rb"bytes=[0-9]{1,18}-[0-9]{0,18}")  # the one form Gradio's file route parses safely
 
 
@@ -380,6 +384,37 @@ class GradioRangeGuard:
             if any(k.lower() == b"range" and not GRADIO_RANGE.fullmatch(v.strip()) for k, v in headers):
                 scope = {**scope, "headers": [(k, v) for k, v in headers if k.lower() != b"range"]}
         await self.app(scope, receive, send)
+
+
+class KeyedJobFiles:
+    """Pure ASGI: Gradio's file route (`.../file=<path>`) serves what lies under the data
+    directory by its path, a job's photos and models included. A job made with an API key
+    belongs to that key (the REST routes check it), so its files are not served there: 404,
+    as to any other caller without the key. Page jobs (no owner) are served as before."""
+
+    def __init__(self, app: ASGIApp, root: Path, owner_of: Callable[[str], str | None]):
+        self.app = app
+        self.root = root.resolve()
+        self.owner_of = owner_of
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        marker = path.find(GRADIO_FILE_ROUTE)
+        if marker >= 0 and not is_api_path(path):
+            job_id = self._job_of(path[marker + len(GRADIO_FILE_ROUTE):])
+            if job_id and await run_in_threadpool(self.owner_of, job_id):
+                response = error_response(404, "file_not_found", "No such file.")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _job_of(self, target: str) -> str | None:
+        """The job directory a file path lies in (after resolving `..` and links), if any."""
+        try:
+            relative = Path(os.path.realpath(target)).relative_to(self.root)
+        except ValueError:
+            return None
+        return relative.parts[0] if relative.parts else None
 
 
 class ApiCors:
@@ -416,10 +451,11 @@ class ApiCors:
         await self.cors(scope, receive, send)
 
 
-def install_security(app: Any, settings: Settings) -> None:
+def install_security(app: Any, settings: Settings, files_root: Path, owner_of: Callable[[str], str | None]) -> None:
     """Middleware (CORS inside, headers outside, so errors and preflights get headers too)
-    and the start-up warnings."""
+    and the start-up warnings. `owner_of(job_id)`: the job's owner, "" or None for none."""
     app.add_middleware(ApiCors, origins=settings.cors_origin_list)
+    app.add_middleware(KeyedJobFiles, root=files_root, owner_of=owner_of)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(GradioRangeGuard)
     keys = settings.api_key_list

@@ -27,6 +27,7 @@ from starlette.routing import Match, Mount
 
 from image2model.errors import AppError
 from image2model.jobs.model import Job
+from image2model.jobs.store import StoreUnavailable
 from image2model.jobs.service import JobService, Upload, file_url
 from image2model.metrics import UPLOADS_REFUSED
 from image2model.providers.catalog import catalog
@@ -105,6 +106,17 @@ class Api:
         raise AppError("job_not_found", "No job with that id (it may have expired).", 404)
 
 
+def job_owner(runtime: Runtime) -> Callable[[str], str | None]:
+    """Who owns a job (None when there is no such job), for the guard on Gradio's file route."""
+    def owner_of(job_id: str) -> str | None:
+        try:
+            job = runtime.store.get(job_id)
+        except StoreUnavailable:
+            return "?"  # cannot tell: serve nothing rather than a key's files
+        return job.owner if job is not None else None
+    return owner_of
+
+
 def split_handle(value: str, token: str | None) -> tuple[str, str | None]:
     """A job id, or a task handle `<job id>.<token>` (the upload's `task_id` when keys are
     required), as the job id and the token to check (a `?token=` given as well wins)."""
@@ -119,7 +131,7 @@ def build_api(app: FastAPI, runtime: Runtime) -> None:
               UploadLimits(settings.max_images, int(settings.max_image_mb * 1024 * 1024)))
     app.state.rest_api = api  # for operators and tests: open streams, limiter, keys in use
     install_error_handlers(app)
-    install_security(app, settings)
+    install_security(app, settings, runtime.files.root, job_owner(runtime))
     sweep_incoming(api.incoming)
     router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
     _job_routes(router, api)
