@@ -407,6 +407,7 @@ class Failure:
     on: str
     times: int | None
     detail: Any = None
+    ingress: bool = False  # answered by FAL's front proxy (nginx page, no x-fal-request-id)
 
 
 @dataclass
@@ -600,17 +601,19 @@ class FakeFal:
         on: str = "submit",
         times: int | None = None,
         detail: Any = None,
+        ingress: bool = False,
     ) -> None:
         """Make the next ``times`` requests of kind ``on`` answer ``status``.
 
         ``on``: submit (queue submit and run), status, result, cancel, upload
         (CDN upload, storage initiate and its PUT), token (CDN token), download
-        (GET /files). ``detail`` None picks a realistic FAL message.
+        (GET /files). ``detail`` None picks a realistic FAL message. ``ingress``: the answer comes
+        from the proxy in front of FAL (an nginx page, no x-fal-request-id), as when it never got there.
         """
         if on not in FAIL_POINTS:
             raise ValueError(f"on must be one of {FAIL_POINTS}, not {on!r}")
         with self._lock:
-            self._failures.append(Failure(status, on, times, detail))
+            self._failures.append(Failure(status, on, times, detail, ingress))
 
     def clear_failures(self) -> None:
         with self._lock:
@@ -793,6 +796,9 @@ class FakeFal:
         failure = self._take_failure(on)
         if failure is None:
             return False
+        if failure.ingress:
+            reply.gateway(failure.status)
+            return True
         detail = failure.detail
         if detail is None and failure.status == 422:
             fields = required_fields(app) or ["image_url"]
@@ -1128,6 +1134,19 @@ class _Reply:
         h.end_headers()
         if not head:
             h.wfile.write(data)
+
+    def gateway(self, code: int) -> None:
+        """An error page from the proxy in front of FAL: the request never reached FAL."""
+        phrase = f"{code} {HTTPStatus(code).phrase}"
+        page = f"<html><head><title>{phrase}</title></head><body><center><h1>{phrase}</h1></center>" \
+               "<hr><center>nginx</center></body></html>"
+        data = page.encode()
+        h = self._h
+        h.send_response(code)
+        h.send_header("Content-Type", "text/html")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
 
     def json(self, code: int, payload: Any, *, request_id: str | None = None,
              headers: dict[str, str] | None = None) -> None:

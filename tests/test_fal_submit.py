@@ -12,6 +12,7 @@ import time
 
 import fal_client
 import fal_client.client as fal_internals
+import httpx
 import pytest
 
 from image2model.jobs.model import ItemState, JobState
@@ -55,7 +56,7 @@ def test_a_submit_fal_never_got_is_sent_again_once_history_proves_it(runtime_fac
     assert done.state == JobState.SUCCEEDED, done.items[0].error
     assert len(fake_fal.submits) == 1
     notes = done.items[0].fal_submit["events"]
-    assert any("never arrived, so it was sent again" in n["text"] for n in notes)
+    assert any("never arrived (nothing was paid)" in n["text"] for n in notes)
     assert len(fake_fal.uploads) == 1, "the resubmit reuses the uploaded input"
 
 
@@ -74,6 +75,37 @@ def test_a_submit_fal_keeps_refusing_with_5xx_is_retried_fal_retries_times_then_
     posts = [r for r in fake_fal.requests_log if r[0] == "POST" and r[1].startswith("/queue/")]
     assert len(posts) == 3 and fake_fal.submits == []
     assert len(fake_fal.uploads) == 1, "each try reuses the uploaded input"
+
+
+def test_a_front_door_5xx_is_retried_at_once_without_looking_in_the_history(runtime_factory, fake_fal,
+                                                                           tmp_path) -> None:  # noqa: ANN001
+    """An nginx page without x-fal-request-id never reached FAL (fal-client's own test): no
+    wait of FAL_RECONCILE_SECONDS before the retry, nothing to look up."""
+    fake_fal.fail(503, on="submit", times=2, ingress=True)
+    runtime = runtime_factory(fal_retries=3, fal_reconcile_seconds=300.0)
+    started = time.monotonic()
+    job = runtime.service.create_job(uploads_for(tmp_path, ["cup.png"]), model="fal-ai/trellis")
+    done = wait_done(runtime.service, job.id, timeout=60)
+    assert done.state == JobState.SUCCEEDED, done.items[0].error
+    assert time.monotonic() - started < 30
+    assert fake_fal.history_calls == 0 and len(fake_fal.submits) == 1
+    posts = [r for r in fake_fal.requests_log if r[0] == "POST" and r[1].startswith("/queue/")]
+    assert len(posts) == 3
+    assert any("never reached FAL" in n["text"] for n in done.items[0].fal_submit["events"])
+
+
+def test_time_running_out_while_the_history_is_checked_says_it_may_be_charged(runtime_factory, fake_fal,
+                                                                            tmp_path) -> None:  # noqa: ANN001
+    """FAL's own 5xx (with a request id) may hide an accepted request; when the photo's time
+    runs out while that is being checked, it says so, not that the model was slow."""
+    fake_fal.fail(503, on="submit")
+    runtime = runtime_factory(fal_reconcile_seconds=300.0, item_deadline_seconds=5.0)
+    job = runtime.service.create_job(uploads_for(tmp_path, ["cup.png"]), model="fal-ai/trellis")
+    item = wait_done(runtime.service, job.id, timeout=60).items[0]
+    assert item.state == ItemState.FAILED
+    assert item.error.code == "fal_submit_uncertain", item.error
+    assert "time limit ran out while FAL's request history was checked" in item.error.message
+    assert "may have been charged" in item.error.message
 
 
 def test_history_that_lists_running_requests_proves_absence_at_once(runtime_factory, fake_fal,
@@ -146,3 +178,7 @@ def test_fal_client_internals_we_rely_on_are_still_there(fake_fal) -> None:  # n
     assert handle.status_url.startswith(fal_internals.QUEUE_URL_FORMAT + "fal-ai/trellis/requests/abc")
     assert handle.cancel_url.endswith("/requests/abc/cancel")
     assert handle.response_url.endswith("/requests/abc")
+    gateway = httpx.Response(503, text="<html><center>nginx</center></html>")
+    assert fal_internals._is_ingress_error(gateway) is True  # the proxy: the request never reached FAL
+    assert fal_internals._is_ingress_error(httpx.Response(503, text="nginx", headers={"x-fal-request-id": "r"})) \
+        is False

@@ -231,6 +231,13 @@ class FalProvider:
             count_fal_error("POST")
             log.warning("fal submit answer lost: %s", exc, extra=ctx)
             return self._after_lost_answer(item, ledger, f"FAL's answer to this photo was lost ({type(exc).__name__})")
+        if response.status_code >= 500 and fal_internals._is_ingress_error(response):
+            # the proxy in front of FAL answered (fal-client's own test, which retries these
+            # freely): the photo never reached FAL, so nothing to look up and nothing paid
+            count_fal_error("POST")
+            ledger.clear_intent(f"FAL's front door answered HTTP {response.status_code}; the photo never reached FAL")
+            raise ItemFailed("fal_unavailable", f"FAL is unavailable (HTTP {response.status_code} from its "
+                             "front door).", retryable=True)
         if response.status_code == 408 or response.status_code >= 500:
             log.warning("fal submit answered HTTP %d", response.status_code, extra=ctx)
             return self._after_lost_answer(item, ledger, f"FAL answered HTTP {response.status_code} to this photo")
@@ -249,7 +256,15 @@ class FalProvider:
         """The request FAL took; when FAL proves it took none, a retryable failure: the next
         try sends it again (the inputs stay uploaded), and FAL_RETRIES bounds how often, as for
         any refusal, instead of sending it again here for as long as FAL keeps failing."""
-        request_id = self._reconcile(item, ledger, why)
+        try:
+            request_id = self._reconcile(item, ledger, why)
+        except ItemFailed as exc:
+            if exc.code != "deadline_exceeded":
+                raise
+            ledger.note(f"{why}; the photo's time ran out while FAL's history was checked for it")
+            raise ItemFailed("fal_submit_uncertain", f"{why}, and the photo's time limit ran out while FAL's "
+                             "request history was checked for it, so it may have been charged. Check the FAL "
+                             "dashboard, then try this photo again.") from exc
         if request_id is None:
             raise ItemFailed("fal_unavailable", f"{why}, and FAL's history shows it never arrived.", retryable=True)
         return request_id
@@ -268,7 +283,7 @@ class FalProvider:
             return verdict.request_id
         if verdict.absent:
             FAL_RECONCILIATIONS.labels("absent").inc()
-            ledger.clear_intent(f"{why}; FAL's history shows it never arrived, so it was sent again")
+            ledger.clear_intent(f"{why}; FAL's history shows it never arrived (nothing was paid)")
             log.info("fal request not in history; resubmitting", extra=ctx)
             return None
         if self.uncertain_submit == "resubmit":
