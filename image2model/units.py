@@ -9,7 +9,7 @@ def size_text(size: int | None) -> str:
         return ""
     if size < 1024 * 1024:
         return f"{size / 1024:.0f} KB"
-    return f"{size / 1048576:.1f} MB"
+    return f"{size / 1048576:.1f}".removesuffix(".0") + " MB"
 
 
 def duration_text(seconds: float) -> str:

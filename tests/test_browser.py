@@ -319,7 +319,7 @@ def test_mistakes_are_explained_in_plain_words(
 
     page.click("#images button[aria-label='Clear']")
     page.set_input_files("#images input[type=file]", [DUCK])
-    wait_for(page, lambda: "'duck.png' is 18 KB; the limit is 0.015 MB per image" in note.inner_text(), 15,
+    wait_for(page, lambda: "'duck.png' is 18 KB; the limit is 15 KB per image" in note.inner_text(), 15,
              "the too-large note")
     shot(page, "32-too-large")
     assert "Traceback" not in page.content()

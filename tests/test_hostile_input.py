@@ -161,6 +161,13 @@ def test_file_over_the_cap_is_413_naming_it(client) -> None:  # noqa: ANN001
                  "'big.png'", f"{MAX_MB} MB")
 
 
+def test_a_fractional_size_limit_is_said_in_plain_units() -> None:
+    from image2model.web.rest.uploads import UploadLimits
+
+    assert UploadLimits(25, int(0.3 * 1048576)).describe_file_limit() == "307 KB"  # not "0.299999 MB"
+    assert UploadLimits(25, 20 * 1048576).describe_file_limit() == "20 MB"
+
+
 def multipart_head(port: int, boundary: str, extra: str) -> bytes:
     return (f"POST /api/v1/upload/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Content-Type: multipart/form-data; boundary={boundary}\r\n{extra}\r\n").encode()

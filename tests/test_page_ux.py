@@ -291,7 +291,7 @@ def test_files_that_cannot_be_used_are_explained_and_can_be_left_out(
     note = page.locator("#upload-note")
     wait_for(page, lambda: note.is_visible() and "notes.txt" in note.inner_text(), 15, "the upload note")
     said = note.inner_text()
-    assert "'duck.png' is 18 KB; the limit is 0.015 MB per image" in said, said
+    assert "'duck.png' is 18 KB; the limit is 15 KB per image" in said, said
     assert "'notes.txt' is not an image" in said and "Mb" not in said
     assert page.locator("#images .error").count() == 0, "the box shows a bare Error"
     wait_for(page, lambda: page.locator("#thumbs img").count() == 1, 10, "the mug's thumbnail")  # still there

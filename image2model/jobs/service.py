@@ -279,7 +279,7 @@ class JobService:
                            "started); please add it again.", 400, {"file": name}) from None
         if size > limit:
             raise AppError("file_too_large", f"'{name}' is {size_text(size)}; the limit is "
-                           f"{self.settings.max_image_mb:g} MB per image.", 413, {"file": name})
+                           f"{size_text(limit)} per image.", 413, {"file": name})
         info = inspect_image(path, name, self.settings.max_image_pixels)
         check_single_format(path, name, info.format)  # an image with an archive or page inside: 415
 

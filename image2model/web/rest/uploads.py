@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from image2model.errors import AppError
+from image2model.units import size_text
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class UploadLimits:
         return self.max_files * (self.max_file_bytes + 16 * 1024) + EXTRA_PARTS * MAX_FIELD_BYTES
 
     def describe_file_limit(self) -> str:
-        return f"{self.max_file_bytes / 1048576:g} MB"
+        return size_text(self.max_file_bytes)
 
 
 @dataclass
