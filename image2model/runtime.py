@@ -53,7 +53,7 @@ class Runtime:
         self.huey: Huey = make_huey(settings)
         self.runner = ItemRunner(self.store, self.files, settings, make_providers(settings), self.enqueue,
                                  pending_tasks=lambda: pending_item_tasks(self.huey),
-                                 open_key=lambda sealed: self.sealer.open(sealed), defer=self.defer)
+                                 open_key=self.open_key, defer=self.defer)
         self.tasks: Tasks = register_tasks(self.huey, self.runner)
         self.consumer: InProcessConsumer | None = None
         self.housekeeper: Housekeeper | None = None
@@ -72,14 +72,25 @@ class Runtime:
         """SECRET_KEY, or the deployment's stored secret (made on first use)."""
         return server_secret(self.settings, self.store)
 
-    @cached_property
-    def sealer(self) -> Sealer:
-        return Sealer(self.secret)
+    def seal_key(self, plain: str) -> str:
+        return Sealer(self._sealing_secret()).seal(plain)
+
+    def open_key(self, sealed: str) -> str:
+        return Sealer(self._sealing_secret()).open(sealed)
+
+    def _sealing_secret(self) -> bytes:
+        """The secret users' keys are sealed with, read from the store at each use (unless
+        SECRET_KEY is set): if the store lost its data, the first process to seal or open a
+        key after that stores its own, and every process then agrees again, where cached
+        secrets would have left a new worker unable to open what an old web process sealed."""
+        if self.settings.secret_key.strip():
+            return self.secret
+        return self.store.shared_secret(self.secret.decode()).encode()
 
     @cached_property
     def service(self) -> JobService:
         return JobService(self.store, self.files, self.settings, self.enqueue,
-                          seal=lambda key: self.sealer.seal(key))
+                          seal=self.seal_key)
 
     def start_consumer(self, workers: int | None = None) -> None:
         if self.consumer is None:

@@ -68,7 +68,7 @@ def test_a_rest_job_runs_on_the_callers_key_only_and_leaves_no_trace(  # noqa: A
         job_id = answer.json()["job_id"]
         # while it runs the key is held, sealed, apart from the job record
         sealed = runtime.store.job_key(job_id)
-        assert sealed and OWN_KEY not in sealed and runtime.sealer.open(sealed) == OWN_KEY
+        assert sealed and OWN_KEY not in sealed and runtime.open_key(sealed) == OWN_KEY
         stream = client.get(f"/api/v1/status/tasks/{job_id}/stream").text  # to the end of the job
         job = wait_job(server, job_id)
         assert job.state.value == "succeeded" and job.own_fal_key
@@ -189,3 +189,28 @@ def test_redis_mode_a_worker_on_another_machine_uses_the_key(fake_fal, redis_ser
         consumer.wait(20)
         server.stop()
         server.runtime.close()
+
+
+@pytest.mark.parametrize("order", ["worker_first", "web_first"])
+def test_after_redis_lost_its_data_a_new_worker_opens_what_the_old_web_process_seals(
+        fake_fal, redis_server, tmp_path: Path, order: str) -> None:  # noqa: ANN001
+    """No SECRET_KEY: Redis restarts empty (the stored secret is gone) while a web process
+    keeps running, and a new consumer starts. Whichever of the two needs the secret first
+    stores it, and the other follows, so keys given after the loss still work."""
+    from tests.conftest import _flush
+
+    _flush(redis_server)
+    web = Runtime(make_settings(tmp_path / "data", redis_server))
+    try:
+        assert web.open_key(web.seal_key(OWN_KEY)) == OWN_KEY  # the web process read the secret
+        _flush(redis_server)  # Redis lost everything
+        worker = Runtime(make_settings(tmp_path / "data", redis_server))
+        try:
+            if order == "worker_first":  # the new consumer stores a secret of its own first
+                assert worker.secret != web.secret and worker.open_key(worker.seal_key("x")) == "x"
+            assert worker.open_key(web.seal_key(OWN_KEY)) == OWN_KEY
+            assert web.open_key(worker.seal_key(OWN_KEY)) == OWN_KEY
+        finally:
+            worker.close()
+    finally:
+        web.close()
