@@ -128,6 +128,7 @@ def test_an_agent_lists_the_tools_then_turns_two_photos_into_glbs(live_server_fa
     assert images["type"] == "array" and images["items"]["type"] == "string"
     assert images["minItems"] == 1 and images["maxItems"] == max_images
     assert "data:" in images["description"] and "http" in images["description"]
+    assert "at most 4 MB in all" in json.dumps(images), "an agent must learn the request cap before it hits it"
     assert generate.inputSchema["properties"]["options"]["type"] == "object"
     assert generate.inputSchema["required"] == ["images"]
     assert by_name["job_status"].inputSchema["required"] == ["job_id"]
@@ -137,6 +138,8 @@ def test_an_agent_lists_the_tools_then_turns_two_photos_into_glbs(live_server_fa
         assert status["state"] == "succeeded" and status["model"] == "local/relief", status
         assert status["params"]["resolution"] == 96, "options did not reach the job"
         assert len(status["items"]) == 2 and len(set(links)) == 2
+        # data: URIs carry no name: each photo is called by its place, not all "file.png"
+        assert [i["name"] for i in status["items"]] == ["image-1.png", "image-2.png"]
         assert all(link.startswith(server.url + "/gradio_api/file=") for link in links), links
         assert_glb_downloads(links)
     assert progress, "a client that asked for progress got none"

@@ -23,10 +23,24 @@ from typing import Any
 import gradio as gr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from image2model.units import size_text
+
 log = logging.getLogger(__name__)
 
 MCP_PATH = "/gradio_api/mcp"
 PHOTO = "a photo: a public http(s) URL, or a data: URI (data:image/png;base64,...)"
+
+
+def photo_description() -> str:
+    """PHOTO, with the mcp package's cap on a request body (it answers 413 over it, before
+    any tool sees the call), so an agent sends big photos as URLs."""
+    import mcp.server.streamable_http_manager as manager
+
+    limit = getattr(manager, "DEFAULT_MAX_REQUEST_BODY_SIZE", None)
+    if not limit:
+        return PHOTO
+    return (f"{PHOTO}. One call may carry at most {size_text(limit)} in all, so send a photo of more than "
+            f"about {size_text(limit * 3 // 4 - 65536)} (or several big ones) as a URL")
 
 
 def mcp_server_of(blocks: gr.Blocks) -> Any | None:
@@ -73,7 +87,7 @@ def valid_schema(schema: dict[str, Any], max_images: int) -> dict[str, Any]:
                 item["properties"][name] = copy.deepcopy(defs[target[8:]])
         for noise in ("title", "required"):
             item.pop(noise, None)
-        item["description"] = PHOTO  # Gradio replaces the rest with {"type": "string", ...}
+        item["description"] = photo_description()  # Gradio replaces the rest with {"type": "string", ...}
         return {"type": "array", "items": item, "minItems": 1, "maxItems": max_images}
     return schema
 

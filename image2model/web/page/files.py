@@ -25,7 +25,9 @@ from image2model.web.page.view import model_file, preview_file, shows_cutout
 THUMBNAIL_SIDE = 256  # pixels of a rendered results-gallery picture
 
 # Base names that say nothing: @gradio/client uploads a Blob or Buffer as "blob".
-PLACEHOLDER_NAMES = {"blob", "unknown"}
+# Names that say nothing of the photo: a JavaScript Blob's, and Gradio's "file.<ext>" for a
+# data: URI (an MCP agent's photos would all be file.png, their errors indistinguishable).
+PLACEHOLDER_STEMS = {"blob", "unknown", "file"}
 
 
 def upload_path(file: Any) -> str:
@@ -43,14 +45,15 @@ def given_name(file: Any, path: Path) -> str:
     orig = file.get("orig_name") if isinstance(file, dict) else getattr(file, "orig_name", None)
     for candidate in (orig, path.name):
         base = os.path.basename(str(candidate or "").replace("\\", "/")).strip()
-        if base and base.lower() not in PLACEHOLDER_NAMES:
+        if base and Path(base).stem.lower() not in PLACEHOLDER_STEMS:
             return base
     return ""
 
 
 def uploads_from(files: Sequence[Any] | None) -> list[Upload]:
-    """Each upload under the name its sender gave it; a nameless one (a Blob from JavaScript)
-    becomes image-<n> with the extension of its content, as hosted models want one."""
+    """Each upload under the name its sender gave it; a nameless one (a Blob from JavaScript,
+    a data: URI) becomes image-<n>, its place in the list, with the extension of its content,
+    as hosted models want one."""
     if isinstance(files, (str, dict)):  # one file sent without its list
         files = [files]
     uploads = []
