@@ -487,6 +487,8 @@ def test_deleting_a_running_job_leaves_no_files_and_no_crash(runtime_factory, tm
         runner.run(job.id, 0)
     assert not runtime.files.job_dir(job.id).exists()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    thrown_away = [r for r in caplog.records if "finished model is thrown away" in r.getMessage()]
+    assert len(thrown_away) == (1 if moment == "before_the_model_is_written" else 0)  # said, when there was one
 
 
 def test_a_submitted_photo_says_it_is_at_fal_before_fals_first_word(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001

@@ -383,6 +383,10 @@ class ItemRunner:
         run.slot.release()
         try:
             if self.store.version(run.job_id) is None:
+                if run.model_target.name and run.model_target.is_file():
+                    log.warning("job gone (deleted, expired, or the store lost it) while its item ran: its "
+                                "finished model is thrown away", extra={"job_id": run.job_id, "item": run.index,
+                                                                        "request_id": run.request_id})
                 self.files.delete_job(run.job_id)
         except StoreUnavailable:
             pass
