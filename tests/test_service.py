@@ -57,8 +57,15 @@ def test_the_page_hears_the_same_problems_create_job_would_refuse(runtime_factor
     with pytest.raises(AppError) as refused:
         runtime.service.create_job(bad)
     assert problems == [refused.value.message]
-    assert runtime.service.sort_uploads(bad) == (good, problems)  # the page shows thumbnails of these only
+    assert runtime.service.sort_uploads(bad) == (good, problems, False)  # the page shows thumbnails of these only
     assert runtime.service.sort_uploads(good * 3)[0] == good * 2  # the first max_images
+    # bad files first, then as many good ones as a job takes: the good ones are all kept, and a
+    # bad one past the limit is named too (found from outside: they were cut before the check)
+    two = uploads_for(tmp_path / "two", ["b.png", "c.png"])
+    usable, said, over = runtime.service.sort_uploads([Upload("notes.png", text), *two, Upload("notes.png", text)])
+    assert usable == two and not over and len(said) == 2
+    usable, said, over = runtime.service.sort_uploads([Upload("notes.png", text), *two, *good])
+    assert usable == two and over and "limit is 2" in said[0] and len(said) == 2
     too_many = runtime.service.upload_problems(good * 3)
     with pytest.raises(AppError) as counted:
         runtime.service.create_job(good * 3)

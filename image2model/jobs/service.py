@@ -210,14 +210,15 @@ class JobService:
         yet). The same checks as create_job, so the page and every API agree."""
         return self.sort_uploads(uploads)[1]
 
-    def sort_uploads(self, uploads: Sequence[Upload]) -> tuple[list[Upload], list[str]]:
-        """The uploads a job could take (within the count, readable as images), and the
-        problems of the rest, in one pass: the page shows thumbnails of the first only."""
+    def sort_uploads(self, uploads: Sequence[Upload]) -> tuple[list[Upload], list[str], bool]:
+        """The uploads a job could take (the first max_images readable ones) and the problems
+        of the rest, in one pass: the page shows thumbnails of the first only. Every file is
+        checked, so a bad one past the limit is named too and a good one after a bad one still
+        counts; the count is a problem (said first, and `over` True) only when more are readable
+        than a job takes."""
         usable: list[Upload] = []
         problems = []
-        if len(uploads) > self.settings.max_images:
-            problems.append(self._count_error(len(uploads)).message)
-        for n, upload in enumerate(uploads[: self.settings.max_images]):
+        for n, upload in enumerate(uploads):
             try:
                 self._check_file(upload.path, upload.name or f"image-{n + 1}")
                 usable.append(upload)
@@ -225,7 +226,10 @@ class JobService:
                 problems.append(exc.message)
             except OSError:
                 problems.append(f"'{upload.name}' could not be read; please add it again.")
-        return usable, problems
+        over = len(usable) > self.settings.max_images
+        if over:
+            problems.insert(0, self._count_error(len(usable)).message)
+        return usable[: self.settings.max_images], problems, over
 
     def _count_error(self, count: int) -> AppError:
         return AppError("too_many_images", f"You sent {count} images; the limit is "

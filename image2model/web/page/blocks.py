@@ -323,10 +323,10 @@ class Page:
         """Thumbnails with names, and what is wrong with the photos, said at once, with a
         button that leaves out what cannot be used (when something can)."""
         uploads = uploads_from(chosen)
-        usable, problems = self.service.sort_uploads(uploads)
+        usable, problems, over = self.service.sort_uploads(uploads)
         limit = self.settings.max_images
         label = LEAVE_OUT
-        if len(uploads) > limit:  # the service's count message speaks to API callers ("you sent")
+        if over:  # the service's count message (first) speaks to API callers ("you sent")
             problems[0] = f"You added {len(uploads)} photos; the limit is {limit} per job."
             label = f"Keep the first {limit} photos" if len(problems) == 1 else f"{LEAVE_OUT}, and keep the first {limit}"
         # only what is readable gets a thumbnail: a broken picture says less than the note
@@ -337,7 +337,7 @@ class Page:
 
     def keep_usable(self, chosen: list[str] | None) -> Any:
         """The upload box with only the photos a job can take (the first max_images readable ones)."""
-        usable, _ = self.service.sort_uploads(uploads_from(chosen))
+        usable, _, _ = self.service.sort_uploads(uploads_from(chosen))
         return [str(u.path) for u in usable] or None
 
     def pick_model(self, model_id: str, current_mode: str) -> list[Any]:
@@ -430,7 +430,7 @@ class Page:
             job = self.service.create_job(uploads, model=model_id, mode=mode_value, params=options,
                                           fal_key=own_key, share=visitor)
         except Exception as exc:  # noqa: BLE001
-            usable, problems = self.service.sort_uploads(uploads)
+            usable, problems, _ = self.service.sort_uploads(uploads)
             if problems:  # already said under the photos: point there
                 return refused(f"Some photos cannot be used: see the note under them, or press “{LEAVE_OUT}”."
                                if usable else "None of these files can be used: see the note under the photos.")
