@@ -338,7 +338,7 @@ def test_a_photo_far_over_the_limit_is_left_out_of_the_drop_in_words(
             }""", [list(huge.read_bytes()), list(Path(MUG).read_bytes())])
         refused = page.locator("#upload-refused .i2m-refused")
         wait_for(page, refused.is_visible, 15, "the refusal in words")
-        assert refused.inner_text() == ("'huge.png' is far over the 0.015 MB a photo may have here, so it was left out; "
+        assert refused.inner_text() == ("'huge.png' is far over the 15 KB a photo may have here, so it was left out; "
                                         "the other photos were added.")
         wait_for(page, lambda: page.locator("#thumbs img").count() == 1, 15, "the mug, added")
         assert page.locator("#images .error").count() == 0

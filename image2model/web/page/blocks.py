@@ -25,6 +25,7 @@ from image2model.media.images import browser_preview
 from image2model.providers.catalog import LOCAL_MODEL, ModelSpec, catalog
 from image2model.providers.local import CPU_COUNT
 from image2model.runtime import Runtime
+from image2model.units import size_text
 from image2model.web.security import ApiSecurity
 from image2model.web.page.api import follow_job, register_api
 from image2model.web.page.files import export_model, export_zip, gallery_picture, uploads_from
@@ -206,7 +207,8 @@ class Page:
                                  fit_columns=False, allow_preview=False, interactive=False, buttons=[],
                                  visible=False, elem_id="thumbs")
         self.upload_note = gr.HTML(elem_id="upload-note", visible=False)
-        limit = html.escape(f"{self.settings.max_image_mb:g} MB")  # UPLOAD_REFUSED_JS fills this in
+        # UPLOAD_REFUSED_JS fills this in; the same words as the server's own refusal
+        limit = html.escape(size_text(int(self.settings.max_image_mb * 1024 * 1024)))
         gr.HTML(f'<div class="i2m-refused" role="alert" data-limit="{limit}" '
                 f'data-ceiling="{upload_ceiling(self.settings.max_image_mb)}" hidden></div>', elem_id="upload-refused",
                 padding=False)
