@@ -12,7 +12,11 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import gradio as gr
+# Gradio and gradio_client send usage telemetry to huggingface.co unless told not to: this app
+# talks to no one but FAL (and an operator can still set GRADIO_ANALYTICS_ENABLED=True).
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402 - after the telemetry setting, which it reads
 import uvicorn
 from fastapi import FastAPI
 

@@ -78,3 +78,17 @@ def test_the_web_process_loads_no_mesh_or_vision_library_until_it_needs_one() ->
                           env={**os.environ, "DATA_DIR": str(Path(tempfile.mkdtemp()) / "data"), "FAL_KEY": ""})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+def test_the_app_sends_no_telemetry_to_hugging_face_unless_asked() -> None:
+    """Gradio and gradio_client (which the MCP server uses to call this app) report usage to
+    huggingface.co by default; the app turns that off, and an operator's own setting wins."""
+    probe = "import app; from gradio.analytics import analytics_enabled; print(analytics_enabled())"
+    for given, expected in ((None, "False"), ("True", "True")):
+        env = {k: v for k, v in os.environ.items() if k != "GRADIO_ANALYTICS_ENABLED"}
+        if given is not None:
+            env["GRADIO_ANALYTICS_ENABLED"] = given
+        done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1] == expected, (given, done.stdout)
