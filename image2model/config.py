@@ -89,7 +89,7 @@ class Settings(BaseSettings):
 
     # Web (used by later layers; listed here so every setting lives in one place).
     port: int = Field(default=7860, validation_alias=AliasChoices("PORT", "GRADIO_SERVER_PORT"))
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["logfmt", "json"] = "logfmt"  # one event per line either way
     # A line for every request costs about 15 % of the status endpoint's throughput: by default
     # only requests answered with an error are logged (5xx at warning level).
@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("rate_limit_api", "rate_limit_upload")
     @classmethod

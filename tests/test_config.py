@@ -79,3 +79,12 @@ def test_an_unreadable_rate_limit_stops_the_app_at_start(monkeypatch: pytest.Mon
     monkeypatch.setenv("RATE_LIMIT_API", "100 a minute please")
     with pytest.raises(ValueError, match="RATE_LIMIT_API|rate_limit_api"):
         Settings(_env_file=None)
+
+
+def test_log_level_is_checked_at_start_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "verbose")
+    with pytest.raises(ValueError, match="log_level") as caught:
+        Settings(_env_file=None)
+    assert "DEBUG" in str(caught.value)  # the message lists what it may be
+    monkeypatch.setenv("LOG_LEVEL", " debug ")
+    assert Settings(_env_file=None).log_level == "DEBUG"
