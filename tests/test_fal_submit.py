@@ -19,6 +19,21 @@ from image2model.jobs.model import ItemState, JobState
 from tests.engine_helpers import uploads_for, wait_done
 
 
+def submit_posts(fake_fal) -> list:  # noqa: ANN001
+    """Every POST of a submit that reached the fake, answered or not (fake_fal.submits holds only those it took)."""
+    return [r for r in fake_fal.requests_log if r[0] == "POST" and r[1].startswith("/queue/")]
+
+
+def photo_fal_always_refuses(runtime_factory, fake_fal, tmp_path, **settings):  # noqa: ANN001, ANN003, ANN201
+    """One photo's end when FAL answers every submit with its own 503 (a request id, so maybe taken)."""
+    fake_fal.fail(503, on="submit")
+    runtime = runtime_factory(**settings)
+    job = runtime.service.create_job(uploads_for(tmp_path, ["cup.png"]), model="fal-ai/trellis")
+    item = wait_done(runtime.service, job.id, timeout=90).items[0]
+    assert item.state == ItemState.FAILED
+    return item
+
+
 def one_submit_per_input(fake_fal, uploads) -> None:  # noqa: ANN001
     for upload in uploads:
         digest = hashlib.sha256(upload.path.read_bytes()).hexdigest()
@@ -65,14 +80,10 @@ def test_a_submit_fal_keeps_refusing_with_5xx_is_retried_fal_retries_times_then_
     """Each refusal is checked in FAL's history (a 5xx may hide an accepted request), then
     counts as one retry: the photo fails as fal_unavailable after FAL_RETRIES, not at the item
     deadline after sending it again for as long as FAL keeps failing."""
-    fake_fal.fail(503, on="submit")
-    runtime = runtime_factory(fal_retries=2, fal_reconcile_seconds=2.0)
-    job = runtime.service.create_job(uploads_for(tmp_path, ["cup.png"]), model="fal-ai/trellis")
-    item = wait_done(runtime.service, job.id, timeout=90).items[0]
-    assert item.state == ItemState.FAILED
+    item = photo_fal_always_refuses(runtime_factory, fake_fal, tmp_path, fal_retries=2, fal_reconcile_seconds=2.0)
     assert item.error.code == "fal_unavailable", item.error
     assert "never arrived" in item.error.message and "gave up after 2 retries" in item.error.message
-    posts = [r for r in fake_fal.requests_log if r[0] == "POST" and r[1].startswith("/queue/")]
+    posts = submit_posts(fake_fal)
     assert len(posts) == 3 and fake_fal.submits == []
     assert len(fake_fal.uploads) == 1, "each try reuses the uploaded input"
 
@@ -89,7 +100,7 @@ def test_a_front_door_5xx_is_retried_at_once_without_looking_in_the_history(runt
     assert done.state == JobState.SUCCEEDED, done.items[0].error
     assert time.monotonic() - started < 30
     assert fake_fal.history_calls == 0 and len(fake_fal.submits) == 1
-    posts = [r for r in fake_fal.requests_log if r[0] == "POST" and r[1].startswith("/queue/")]
+    posts = submit_posts(fake_fal)
     assert len(posts) == 3
     assert any("never reached FAL" in n["text"] for n in done.items[0].fal_submit["events"])
 
@@ -98,11 +109,8 @@ def test_time_running_out_while_the_history_is_checked_says_it_may_be_charged(ru
                                                                             tmp_path) -> None:  # noqa: ANN001
     """FAL's own 5xx (with a request id) may hide an accepted request; when the photo's time
     runs out while that is being checked, it says so, not that the model was slow."""
-    fake_fal.fail(503, on="submit")
-    runtime = runtime_factory(fal_reconcile_seconds=300.0, item_deadline_seconds=5.0)
-    job = runtime.service.create_job(uploads_for(tmp_path, ["cup.png"]), model="fal-ai/trellis")
-    item = wait_done(runtime.service, job.id, timeout=60).items[0]
-    assert item.state == ItemState.FAILED
+    item = photo_fal_always_refuses(runtime_factory, fake_fal, tmp_path, fal_reconcile_seconds=300.0,
+                                    item_deadline_seconds=5.0)
     assert item.error.code == "fal_submit_uncertain", item.error
     assert "time limit ran out while FAL's request history was checked" in item.error.message
     assert "may have been charged" in item.error.message
@@ -165,7 +173,7 @@ def test_the_submit_is_one_post_even_when_the_connection_drops(runtime_factory, 
     runtime = runtime_factory()
     job = runtime.service.create_job(uploads_for(tmp_path, ["cup.png"]), model="fal-ai/trellis")
     wait_done(runtime.service, job.id, timeout=60)
-    posts = [r for r in fake_fal.requests_log if r[0] == "POST" and r[1].startswith("/queue/")]
+    posts = submit_posts(fake_fal)
     assert len(posts) == 1
 
 
