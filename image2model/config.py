@@ -180,6 +180,11 @@ class Settings(BaseSettings):
         return bool(self.fal_key.strip())
 
     @property
+    def max_image_bytes(self) -> int:
+        """MAX_IMAGE_MB in bytes: what every check and every message of the cap uses."""
+        return int(self.max_image_mb * 1024 * 1024)
+
+    @property
     def mcp_enabled(self) -> bool:
         if self.mcp_server is None:
             return not self.fal_configured

@@ -275,7 +275,7 @@ class JobService:
                                                        for p in problems]})
 
     def _check_file(self, path: Path, name: str) -> None:
-        limit = int(self.settings.max_image_mb * 1024 * 1024)
+        limit = self.settings.max_image_bytes
         try:
             size = path.stat().st_size
         except FileNotFoundError:  # e.g. another Gradio process on this host cleared its shared cache

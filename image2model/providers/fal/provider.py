@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,7 +45,7 @@ log = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT_SECONDS = 20.0  # a CDN that sends nothing for this long is given up on
 DOWNLOAD_CHUNK = 1024 * 256
-ERROR_BODY_BYTES = 64 * 1024  # of a refused download, quoted in the message
+ERROR_BODY_BYTES = 4096  # of a refused download's answer, read to quote its start
 T = TypeVar("T")
 
 
@@ -284,7 +283,7 @@ class FalProvider:
         if verdict.absent:
             FAL_RECONCILIATIONS.labels("absent").inc()
             ledger.clear_intent(f"{why}; FAL's history shows it never arrived (nothing was paid)")
-            log.info("fal request not in history; resubmitting", extra=ctx)
+            log.info("fal request not in history; the next try sends it again", extra=ctx)
             return None
         if self.uncertain_submit == "resubmit":
             FAL_RECONCILIATIONS.labels("undecided_resubmitted").inc()
@@ -357,9 +356,9 @@ class FalProvider:
 
     def _download_refused(self, response: httpx.Response, item: ItemRun) -> ItemFailed:
         """A file server's refusal: transient ones retryable (the request is resumed, not
-        paid again); a missing file says so. The body of a streamed answer is read first,
-        at most ERROR_BODY_BYTES of it, to quote what the server said."""
-        body = b"".join(islice(response.iter_bytes(4096), ERROR_BODY_BYTES // 4096))
+        paid again); a missing file says so, quoting the first ERROR_BODY_BYTES the server sent
+        (a streamed answer's body is unread until asked for)."""
+        body = next(response.iter_bytes(ERROR_BODY_BYTES), b"")
         text = body.decode("utf-8", "replace").strip()[:300] or "no details"
         if response.status_code in (404, 410):
             return ItemFailed("fal_result_missing", f"FAL finished, but its file server no longer has the model "

@@ -23,7 +23,7 @@ from image2model.examples import EXAMPLES
 from image2model.jobs.model import OPEN_OWNER
 from image2model.media.images import browser_preview
 from image2model.providers.catalog import LOCAL_MODEL, ModelSpec, catalog
-from image2model.providers.local import CPU_COUNT
+from image2model.providers.local import CPU_COUNT, NOTHING_STOOD_OUT
 from image2model.runtime import Runtime
 from image2model.units import size_text
 from image2model.web.security import ApiSecurity
@@ -71,9 +71,7 @@ DOWNLOAD_NOW_JS = """() => {
   if (button) { button.click(); }
 }"""
 SEEN_NOTE = "\n\nOn the left, **what the model saw**: your photo with the background taken away."
-WHOLE_PHOTO_NOTE = ("\n\nOn the left, **what the model saw**: your whole photo, since nothing stood out from "
-                    "its background. For a model of the object, try a photo on a plainer background, or a "
-                    "cut-out PNG with a transparent background.")
+WHOLE_PHOTO_NOTE = f"\n\nOn the left, **what the model saw**: your whole photo. {NOTHING_STOOD_OUT}"
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 
 
@@ -208,7 +206,7 @@ class Page:
                                  visible=False, elem_id="thumbs")
         self.upload_note = gr.HTML(elem_id="upload-note", visible=False)
         # UPLOAD_REFUSED_JS fills this in; the same words as the server's own refusal
-        limit = html.escape(size_text(int(self.settings.max_image_mb * 1024 * 1024)))
+        limit = html.escape(size_text(self.settings.max_image_bytes))
         gr.HTML(f'<div class="i2m-refused" role="alert" data-limit="{limit}" '
                 f'data-ceiling="{upload_ceiling(self.settings.max_image_mb)}" hidden></div>', elem_id="upload-refused",
                 padding=False)

@@ -128,7 +128,7 @@ def build_api(app: FastAPI, runtime: Runtime) -> None:
     settings = runtime.settings
     tokens = JobTokens(runtime.secret, settings.job_token_seconds)
     api = Api(runtime, ApiSecurity(settings, tokens), Watchers(runtime.service, settings.sse_heartbeat_seconds),
-              UploadLimits(settings.max_images, int(settings.max_image_mb * 1024 * 1024)))
+              UploadLimits(settings.max_images, settings.max_image_bytes))
     app.state.rest_api = api  # for operators and tests: open streams, limiter, keys in use
     install_error_handlers(app)
     install_security(app, settings, runtime.files.root, job_owner(runtime))
