@@ -77,7 +77,7 @@ _DEFAULT_ERROR_TYPES: dict[int, str] = {
 _INVALID_JSON_DETAIL = [{"loc": ["body"], "msg": "Invalid JSON body", "type": "json_invalid"}]
 
 FAIL_POINTS = ("submit", "status", "stream", "result", "upload", "cancel", "token", "download", "history")
-HANG_POINTS = ("status", "stream", "result", "cancel", "history")
+HANG_POINTS = ("status", "stream", "result", "cancel", "history", "upload")
 LOST_ANSWER_MODES = ("drop", "500", "hang")  # FAL accepted the submit, then: connection cut / 500 / silence
 
 STREAM_LOG_SECONDS = 0.25  # a running model's log lines arrive this often on the stream
@@ -1037,6 +1037,7 @@ class FakeFal:
             return reply.error(401, "Invalid CDN token")
         if self.fail_cdn_upload:
             return reply.error(500, "CDN upload unavailable")
+        self._maybe_hang("upload")
         if self._inject(reply, "upload"):
             return None
         content_type = h.headers.get("Content-Type") or "application/octet-stream"
@@ -1046,6 +1047,7 @@ class FakeFal:
         reply.json(200, {"access_url": url})
 
     def _handle_initiate(self, reply: "_Reply", body: bytes) -> None:
+        self._maybe_hang("upload")
         if self._inject(reply, "upload"):
             return None
         payload = _parse_json_object(body) or {}

@@ -381,6 +381,39 @@ class TestRefusedBeforeAnythingIsQueued:
             runtime.service.create_job(uploads_for(tmp_path / "y", ["f.png", "g.png"]), model="fal-ai/trellis")
         assert caught.value.code == "spending_limit"
 
+    def test_a_photo_cancelled_while_uploading_gives_back_its_spending(self, runtime_factory, fake_fal,
+                                                                       tmp_path) -> None:  # noqa: ANN001
+        """Running, but stopped before its submit: FAL never saw it, so it is not counted."""
+        fake_fal.hang("upload", seconds=2.0, times=1)
+        runtime = runtime_factory(fal_images_per_hour=5)
+        job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+        wait_until(lambda: runtime.service.get(job.id).items[0].state == ItemState.RUNNING)
+        assert runtime.store.images_reserved(3600, time.time()) == 1
+        runtime.service.cancel(job.id)
+        done = wait_done(runtime.service, job.id, timeout=20)
+        assert done.items[0].state == ItemState.CANCELLED and not fake_fal.submits
+        wait_until(lambda: runtime.store.images_reserved(3600, time.time()) == 0, timeout=5)  # given back after the end is written
+
+    def test_photos_that_fail_before_their_submit_give_back_their_spending(self, runtime_factory, fake_fal,
+                                                                           tmp_path) -> None:  # noqa: ANN001
+        fake_fal.fail(403, on="upload")  # every upload refused: nothing reaches FAL's queue
+        fake_fal.fail(403, on="token")
+        runtime = runtime_factory(fal_images_per_hour=5)
+        job = runtime.service.create_job(uploads_for(tmp_path, ["a.png", "b.png"]), model="fal-ai/trellis")
+        done = wait_done(runtime.service, job.id, timeout=30)
+        assert [i.state for i in done.items] == [ItemState.FAILED] * 2 and not fake_fal.submits
+        wait_until(lambda: runtime.store.images_reserved(3600, time.time()) == 0, timeout=5)
+
+    def test_photos_fal_took_stay_counted(self, runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+        fake_fal.fail(422, on="result")  # FAL ran them and the model failed: it may bill them
+        fake_fal.set_latency(0.0, 0.2)
+        runtime = runtime_factory(fal_images_per_hour=5)
+        job = runtime.service.create_job(uploads_for(tmp_path, ["a.png", "b.png"]), model="fal-ai/trellis")
+        done = wait_done(runtime.service, job.id, timeout=30)
+        assert [i.state for i in done.items] == [ItemState.FAILED] * 2 and len(fake_fal.submits) == 2
+        time.sleep(0.5)  # past the ends' follow-up writes
+        assert runtime.store.images_reserved(3600, time.time()) == 2
+
 
 def test_a_worker_without_a_fal_key_fails_the_item_at_once(settings_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
     """Split configuration: the web side has a key, this worker has none."""

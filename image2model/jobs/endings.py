@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import time
 
+from image2model.jobs.model import ItemState
 from image2model.jobs.store import JobStore
 from image2model.metrics import ITEMS_FAILED, ITEMS_FINISHED, JOB_DURATION, JOBS_FINISHED
 
 
 def item_ended(store: JobStore, job_id: str, index: int) -> None:
-    """Count the item; when the job is over, forget the person's own FAL key (it is kept only
-    while the job can still use it) and count the job's end."""
+    """Count the item; give back its share of the hourly spending guard when FAL never took
+    it (cancelled or failed before its submit: else upload and cancel could lock a server out
+    of FAL for an hour at no cost); when the job is over, forget the person's own FAL key (it
+    is kept only while the job can still use it) and count the job's end."""
     job = store.get(job_id)
     if job is None or not 0 <= index < len(job.items):
         return
     item = job.items[index]
+    if item.state != ItemState.SUCCEEDED and not item.may_be_paid:
+        store.release_images(job_id, len(item.inputs))  # nothing held (offline, own key): no change
     ITEMS_FINISHED.labels(job.model, item.state.value).inc()
     if item.error is not None:
         ITEMS_FAILED.labels(job.model, item.error.code).inc()

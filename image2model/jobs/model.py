@@ -93,6 +93,12 @@ class Item:
         return next((f for f in self.files if f.kind == "preview"), None)
 
     @property
+    def may_be_paid(self) -> bool:
+        """Whether FAL may have taken (and billed) this item: it has a request id, or a submit
+        went out and was not proved lost. The spending guard gives back every other item."""
+        return bool(self.request_id or self.fal_submit.get("intent_at"))
+
+    @property
     def elapsed(self) -> float | None:
         if self.started_at is None:
             return None

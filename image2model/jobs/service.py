@@ -348,7 +348,6 @@ class JobService:
         self.get(job_id, owner)
         self.store.request_cancel(job_id)
         job = self.get(job_id, owner)
-        never_sent = 0
         for item in job.items:
             if item.state == ItemState.QUEUED:
                 cancelled = self.store.update_item(job_id, item.index,
@@ -357,9 +356,6 @@ class JobService:
                                                    expect_state=[ItemState.QUEUED])
                 if cancelled is not None:
                     item_ended(self.store, job_id, item.index)
-                    never_sent += 0 if cancelled.request_id or cancelled.fal_submit else len(cancelled.inputs)
-        if never_sent and self.settings.fal_images_per_hour:
-            self.store.release_images(job_id, never_sent)  # the spending guard counts only what may be paid
         self._replan(job.share)
         log.info("job cancel requested", extra={"job_id": job_id})
         return self.get(job_id, owner)
