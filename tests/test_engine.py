@@ -265,6 +265,17 @@ def test_cancel_keeps_finished_results(runtime_factory, fake_fal, tmp_path) -> N
     assert runtime.files.result_path(job.id, "a.glb").is_file()
 
 
+def test_a_cancel_after_the_end_leaves_the_job_as_it_ended(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    """A finished partial job stays partial (found from outside: it was relabelled cancelled)."""
+    fake_fal.fail(422, on="result", times=1)
+    runtime = runtime_factory(workers=1)
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png", "b.png"]), model="fal-ai/trellis")
+    assert wait_done(runtime.service, job.id).state == JobState.PARTIAL
+    assert runtime.service.cancel(job.id).state == JobState.PARTIAL
+    runtime.store.request_cancel(job.id)  # a cancel racing the last item's end
+    assert runtime.service.get(job.id).state == JobState.PARTIAL
+
+
 def test_cleanup_removes_old_jobs_and_their_files(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
     runtime = runtime_factory()
     job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")

@@ -145,7 +145,7 @@ class Job:
             return JobState.RUNNING
         if all(s == ItemState.SUCCEEDED for s in states):
             return JobState.SUCCEEDED
-        if self.cancel_requested:
+        if self.cancel_requested and ItemState.CANCELLED in states:  # a cancel after the end changes nothing
             return JobState.CANCELLED
         if not any(s == ItemState.SUCCEEDED for s in states):
             return JobState.FAILED
