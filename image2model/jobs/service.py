@@ -346,8 +346,9 @@ class JobService:
     def cancel(self, job_id: str, owner: str | None = None) -> Job:
         """Queued items never start; running ones stop (and FAL is told); finished ones stay,
         and a job already over stays as it ended."""
-        if self.get(job_id, owner).state.terminal:
-            return self.get(job_id, owner)
+        ended = self.get(job_id, owner)
+        if ended.state.terminal:
+            return ended
         self.store.request_cancel(job_id)
         job = self.get(job_id, owner)
         for item in job.items:
