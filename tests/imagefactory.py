@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import math
+import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,3 +253,17 @@ def with_mode(image: Image.Image, mode: str) -> Image.Image:
         grey = np.asarray(image.convert("L"), dtype=np.uint16) * 257
         return Image.fromarray(grey, "I;16")
     return image.convert(mode)
+
+
+def png_with_bad_pixel_data(png: bytes) -> bytes:
+    """`png` with bytes flipped inside its compressed pixel data and every chunk checksum made
+    right again: what a file damaged before it was written looks like (the checksums pass)."""
+    out, at = bytearray(png[:8]), 8
+    while at < len(png):
+        length, kind = struct.unpack(">I4s", png[at:at + 8])
+        body = png[at + 8:at + 8 + length]
+        if kind == b"IDAT" and len(body) > 200:
+            body = body[:100] + bytes(b ^ 0xFF for b in body[100:140]) + body[140:]
+        out += struct.pack(">I4s", len(body), kind) + body + struct.pack(">I", zlib.crc32(kind + body))
+        at += 12 + length
+    return bytes(out)

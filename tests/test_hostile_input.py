@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from image2model.jobs.model import JobState
-from tests.imagefactory import exif_rotated_jpeg, png16
+from tests.imagefactory import exif_rotated_jpeg, png16, png_with_bad_pixel_data
 from tests.rest_helpers import (  # noqa: F401 - backend is a fixture
     OPEN_LIMITS, assert_error, assert_nothing_queued, backend, encode, picture, png, post_images, raw_get,
     raw_request, read_response, start_server, wait_job,
@@ -102,6 +102,9 @@ REFUSALS = [
     ("cut.png", encode(noisy(), "PNG")[:9000], 400, "corrupt_image", ["'cut.png'"]),
     # damaged inside its pixel data: found by the chunk checksums, without decoding the pixels
     ("damaged.png", flipped(encode(noisy(), "PNG"), 5000, 4), 400, "corrupt_image", ["'damaged.png'"]),
+    # damaged before it was written: the checksums pass, the pixel data does not inflate
+    ("inflates-wrong.png", png_with_bad_pixel_data(encode(noisy(), "PNG")), 400, "corrupt_image",
+     ["'inflates-wrong.png'", "damaged"]),
     ("empty.png", b"", 400, "empty_file", ["'empty.png'", "0 bytes"]),
     ("broken.avif", flipped(encode(picture(), "AVIF"), -21, 8), 400, "corrupt_image", ["'broken.avif'"]),
     ("bomb.png", bomb_png(), 413, "image_too_large", ["'bomb.png'", "megapixels"]),

@@ -19,6 +19,7 @@ from image2model.jobs.service import Upload
 from image2model.media.images import FULL_DECODE_BYTES
 from tests.conftest import ROOT
 from tests.engine_helpers import make_image, wait_done
+from tests.imagefactory import png_with_bad_pixel_data
 
 pytest.importorskip("pillow_heif")
 
@@ -120,8 +121,30 @@ def test_damage_inside_a_big_photo_fails_that_photo_in_words(runtime_factory, bi
     assert done.state == JobState.PARTIAL, [(i.state, i.error) for i in done.items]
     bad, fine = done.items
     assert bad.state == ItemState.FAILED and bad.error is not None and bad.error.code == "corrupt_image", bad.error
-    assert "damaged" in bad.error.message and "damaged.tiff" in bad.error.message
+    assert "damaged" in bad.error.message and "'damaged.tiff'" in bad.error.message, bad.error.message
+    assert "00-" not in bad.error.message, "the person never saw the stored file's name"
     assert fine.state == ItemState.SUCCEEDED
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("model", ["fal-ai/trellis", "local/relief"])
+def test_a_photo_damaged_after_its_upload_fails_in_words_named_as_uploaded(  # noqa: ANN001
+        runtime_factory, fake_fal, tmp_path, backend, model: str) -> None:
+    """A PNG damaged where the upload check cannot see it (on disk, after the check): a
+    hosted model's preparation and the offline model both fail it as damaged, in words with
+    the name the person gave it, and send nothing to FAL."""
+    photo = make_image(tmp_path / "cat.png", seed=4, size=(300, 200))
+    runtime = runtime_factory(start_consumer=False)
+    job = runtime.service.create_job([Upload("cat.png", photo)], model=model)
+    (stored,) = runtime.files.inputs_dir(job.id).iterdir()
+    stored.write_bytes(png_with_bad_pixel_data(stored.read_bytes()))
+    runtime.start_consumer()
+    done = wait_done(runtime.service, job.id, timeout=60)
+    (item,) = done.items
+    assert item.state == ItemState.FAILED and item.error is not None, item
+    assert item.error.code == "corrupt_image", item.error
+    assert "'cat.png'" in item.error.message and stored.name not in item.error.message, item.error.message
+    assert fake_fal.submits == []
 
 
 @pytest.mark.parametrize("fmt, options, mode", [

@@ -84,6 +84,16 @@ class Item:
     stats: dict[str, Any] = field(default_factory=dict)
     error: ItemError | None = None
 
+    def in_upload_names(self, message: str) -> str:
+        """`message` with each stored input it quotes ('01-cat.jpg') named as uploaded
+        ('cat.jpg'): the person never saw the stored names."""
+        names = [self.name] if len(self.inputs) == 1 else self.name.split(" + ")
+        if len(names) != len(self.inputs):  # a view's own name held " + ": keep the stored names
+            return message
+        for stored, name in zip(self.inputs, names):
+            message = message.replace(f"'{stored}'", f"'{name}'")
+        return message
+
     @property
     def model_file(self) -> ResultFile | None:
         return next((f for f in self.files if f.kind == "model"), None)

@@ -14,8 +14,8 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from image2model.errors import AppError
-from image2model.media.containers import (Incomplete, check_container, check_iso_boxes, check_webp, heif_header,
-                                          webp_header)
+from image2model.media.containers import (Incomplete, check_container, check_iso_boxes, check_png_data, check_webp,
+                                          heif_header, webp_header)
 
 try:  # HEIC/HEIF (iPhone photos) and AVIF through pillow-heif, when installed
     import pillow_heif
@@ -118,11 +118,16 @@ def image_extension(path: Path) -> str:
 
 def _check_complete(img: Image.Image, path: Path) -> None:
     """Make a truncated or damaged file fail now, in little memory (at most about
-    FULL_DECODE_BYTES per upload): a PNG has each chunk's checksum checked without decoding
-    the pixels, a JPEG decodes at 1/8 scale, a small picture of another format decodes fully,
-    and a big one has its container walked (media/containers.py)."""
+    FULL_DECODE_BYTES per upload): a PNG has each chunk's checksum checked and its pixel data
+    inflated as a stream, without holding the pixels, a JPEG decodes at 1/8 scale, a small
+    picture of another format decodes fully, and a big one has its container walked
+    (media/containers.py)."""
     if img.format == "PNG":
         img.verify()
+        try:
+            check_png_data(path)
+        except Incomplete as exc:
+            raise OSError(str(exc)) from None
         return
     if img.format in ("JPEG", "MPO"):
         img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
@@ -169,7 +174,11 @@ def _too_many_pixels(name: str, width: int, height: int, max_pixels: int) -> App
 
 def open_upright(path: Path, max_side: int) -> Image.Image:
     """Open an image upright (EXIF applied), 8-bit RGB or RGBA, no longer than max_side."""
-    with Image.open(path) as img:
+    try:
+        opened = Image.open(path)
+    except Exception:  # noqa: BLE001 - it passed the upload check, so it was damaged since
+        raise _corrupt(path.name) from None
+    with opened as img:
         if img.format == "JPEG" and max(img.size) > 2 * max_side:
             img.draft("RGB", (max_side, max_side))  # decode big JPEGs at a fraction of the cost
         img.seek(0)  # GIF, TIFF pages: the first frame
@@ -225,12 +234,17 @@ def to_8bit(img: Image.Image) -> Image.Image:
 
 def needs_preparing(path: Path, max_side: int) -> bool:
     """Whether a hosted model would get a worse image than a prepared copy: a format or mode
-    models may not read, a rotation only EXIF knows about, or more pixels than useful."""
-    with Image.open(path) as img:
-        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
-        return (img.format not in ("JPEG", "PNG") or img.mode not in ("RGB", "RGBA")
-                or max(img.size) > max_side or orientation not in (None, 1)
-                or getattr(img, "n_frames", 1) != 1)
+    models may not read, a rotation only EXIF knows about, or more pixels than useful. A file
+    whose metadata cannot be read needs it too: preparing decodes it, and says in words what
+    is wrong with it."""
+    try:
+        with Image.open(path) as img:
+            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+            return (img.format not in ("JPEG", "PNG") or img.mode not in ("RGB", "RGBA")
+                    or max(img.size) > max_side or orientation not in (None, 1)
+                    or getattr(img, "n_frames", 1) != 1)
+    except Exception:  # noqa: BLE001 - a damaged PNG raises OSError or zlib.error from getexif
+        return True
 
 
 def prepare_image(path: Path, out_dir: Path, max_side: int) -> Path:

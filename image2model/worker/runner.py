@@ -344,7 +344,8 @@ class ItemRunner:
                 if exc.code == "deadline_exceeded":
                     self._stop_remote(provider, run)
                 self._discard_results(run)
-                self._fail(run.job_id, run.index, run.worker, exc.code, exc.message)
+                self._fail(run.job_id, run.index, run.worker, exc.code,
+                           run.job.items[run.index].in_upload_names(exc.message))
             except StoreUnavailable as exc:  # the store stayed down: the reaper resumes the item later
                 log.warning("item left running, the job store is unreachable: %s", exc, extra=ctx)
             except Exception:  # noqa: BLE001 - the item fails, the worker lives on
