@@ -15,6 +15,7 @@ import pytest
 
 from image2model.config import get_settings
 from image2model.healthcheck import check_web, check_worker, detect_role, main
+from image2model.ops import queue_view
 from image2model.runtime import Runtime
 from tests.conftest import ROOT, free_port, make_settings, start_consumer_process
 from tests.engine_helpers import wait_until
@@ -78,10 +79,15 @@ def test_worker_role_with_a_real_consumer_process(tmp_path: Path) -> None:
 
     before = probe()
     assert before.returncode == 1 and "unhealthy" in before.stdout
-    consumer = start_consumer_process(settings, None, workers=1)
+    consumer = start_consumer_process(settings, None, workers=3)
     try:
         wait_until(lambda: probe().returncode == 0, timeout=30)
         assert "worker healthy: alive" in probe().stdout
+        runtime = Runtime(settings)
+        try:  # the threads it has (-w 3), not the WORKERS setting (25 by default)
+            assert [w.threads for w in queue_view(runtime.store, settings).workers] == [3]
+        finally:
+            runtime.close()
     finally:
         consumer.send_signal(signal.SIGINT)
         consumer.wait(30)

@@ -17,14 +17,21 @@ from image2model.memory import freeze_startup_objects, limit_malloc_arenas
 from image2model.runtime import get_runtime
 
 
-def _huey_logs_through_ours(config: ConsumerConfig, logger: logging.Logger | None = None) -> None:
-    """`huey_consumer` gives the `huey` logger a handler of its own (its own format) right after
-    importing this module: every huey line would come twice, once not as our format. Keep
-    only its level (-v, -q); our root handler prints the lines (so `-l FILE` is not used)."""
+consumer_threads = 0  # the consumer's -w, as it told us; 0 until then
+
+
+def _take_consumer_config(config: ConsumerConfig, logger: logging.Logger | None = None) -> None:
+    """`huey_consumer` calls this with its options right after importing this module, before
+    any worker starts. It would give the `huey` logger a handler of its own (its own format):
+    every huey line would come twice, once not as our format. Keep only its level (-v, -q);
+    our root handler prints the lines (so `-l FILE` is not used). And note its thread count
+    (-w): the one this process reports, whatever WORKERS says."""
+    global consumer_threads
     (logger or logging.getLogger()).setLevel(config.loglevel)
+    consumer_threads = config.workers
 
 
-ConsumerConfig.setup_logger = _huey_logs_through_ours  # type: ignore[method-assign]
+ConsumerConfig.setup_logger = _take_consumer_config  # type: ignore[method-assign]
 setup_logging(get_settings().log_level, get_settings().log_format)
 limit_malloc_arenas()
 runtime = get_runtime()
@@ -36,7 +43,7 @@ freeze_startup_objects()
 def start_housekeeping() -> None:
     """Runs in every worker as it starts: the first one of each process starts that process's
     housekeeping (liveness, reaper, cleanup), so no consumer is special."""
-    runtime.start_housekeeping(runtime.settings.workers)
+    runtime.start_housekeeping(consumer_threads or runtime.settings.workers)
     runtime.serve_worker_metrics()
 
 
