@@ -90,8 +90,8 @@ def test_the_javascript_client_names_results_after_its_files(live_server_factory
     named = service.get(summary["named"]["job_id"])
     assert [item.name for item in named.items] == ["duck.png", "mug.png"]
     assert [item.model_file.name for item in named.items] == ["duck.glb", "mug.glb"]
-    # each model, then the offline model's cut-out preview ("what the model saw")
-    assert summary["named_files"] == ["duck.glb", "duck.preview.png", "mug.glb", "mug.preview.png"]
+    # the models only; the offline model's cut-out ("what the model saw") is in the status
+    assert summary["named_files"] == ["duck.glb", "mug.glb"]
     assert summary["named"] == service.status(named), "/generate's last update is not the job's status"
     glb = files.result_path(named.id, "duck.glb")
     assert glb.read_bytes()[:4] == b"glTF" and summary["glb_bytes"] == glb.stat().st_size

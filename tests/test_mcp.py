@@ -75,8 +75,8 @@ def status_and_links(result: CallToolResult) -> tuple[dict[str, Any], list[str]]
     status, files = values
     text = " ".join(content.text for content in result.content)
     links = FILE_LINK.findall(text)
-    models = [file["url"] for file in files if file["url"].endswith(".glb")]  # the rest: cut-out previews
-    assert links == models, "the links an agent reads are not the result files"
+    assert all(file["url"].endswith(".glb") for file in files), files  # the models only
+    assert links == [file["url"] for file in files], "the links an agent reads are not the result files"
     return status, links
 
 

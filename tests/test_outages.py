@@ -228,3 +228,67 @@ def test_a_live_stream_outlives_a_redis_restart_and_logs_the_cause_once(own_redi
     finally:
         server.stop()
         server.runtime.close()
+
+
+def test_the_gradio_api_rides_out_a_redis_restart(own_redis, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    """/generate keeps streaming through a Redis outage and ends with the model; /job_status
+    during the outage says in words that the job store is away (not a generic error)."""
+    from gradio_client import Client, handle_file
+
+    fake_fal.set_latency(0.0, 8.0)  # the job runs through the outage
+    settings = make_settings(tmp_path / "data", f"redis://127.0.0.1:{own_redis['port']}/0",
+                             embedded_worker=True, **OPEN)
+    server = LiveServer(Runtime(settings), free_port()).start()
+    photo = tmp_path / "cup.png"
+    photo.write_bytes(png())
+    client = Client(server.url, download_files=str(tmp_path / "downloads"), verbose=False)
+    try:
+        job = client.submit([handle_file(str(photo))], "fal-ai/trellis", "", {}, api_name="/generate")
+        wait_until(lambda: job.outputs() and job.outputs()[-1][0]["state"] == "running", timeout=20)
+        job_id = job.outputs()[-1][0]["job_id"]
+        stop_process(own_redis["proc"])
+        with pytest.raises(Exception) as refused:
+            client.predict(job_id, api_name="/job_status")
+        assert "job store is not reachable" in str(refused.value), refused.value
+        time.sleep(3)  # three failed reads of the followed job at least
+        own_redis["proc"] = start_redis(own_redis["port"], own_redis["dir"])
+        status, files = job.result(timeout=60)
+        assert status["state"] == "succeeded", status["items"][0]
+        assert [Path(f).name for f in files] == ["cup.glb"]
+    finally:
+        client.close()
+        server.stop()
+        server.runtime.close()
+
+
+def test_the_page_says_the_store_is_away_and_catches_up_after_a_redis_restart(  # noqa: ANN001
+        own_redis, fake_fal, browser, tmp_path) -> None:
+    """Seen from outside (fourth round): the page showed "Something went wrong" during a
+    Redis blip and stayed at "Working" after the job was done. Now it says, in calm words,
+    that the store is away, then shows the finished model."""
+    from image2model.web.page.blocks import STORE_AWAY
+    from tests.test_browser import rows, wait_for, wait_states
+
+    fake_fal.set_latency(0.0, 8.0)
+    settings = make_settings(tmp_path / "data", f"redis://127.0.0.1:{own_redis['port']}/0",
+                             embedded_worker=True, **OPEN)
+    server = LiveServer(Runtime(settings), free_port()).start()
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            job_id = post_images(client, [("cup.png", png())], model="fal-ai/trellis").json()["job_id"]
+        page = context.new_page()
+        page.goto(f"{server.url}/?job={job_id}")
+        wait_states(page, {"Working"}, 1, timeout=20)
+        stop_process(own_redis["proc"])
+        notice = page.locator("#notice")
+        wait_for(page, lambda: STORE_AWAY[:40] in notice.inner_text(), 20, "the note that the store is away")
+        assert "Something went wrong" not in notice.inner_text()
+        own_redis["proc"] = start_redis(own_redis["port"], own_redis["dir"])
+        wait_states(page, {"Done"}, 1, timeout=60)
+        wait_for(page, lambda: not notice.is_visible(), 10, "the note to go once the store is back")
+        assert "Finished: 1 of 1 model ready" in page.locator("#progress").inner_text(), rows(page)
+    finally:
+        context.close()
+        server.stop()
+        server.runtime.close()

@@ -57,12 +57,13 @@ def test_generate_turns_three_images_into_three_glbs(
     assert all(update_files is None for _, update_files in outputs[:-1]), "an intermediate update sent files"
     assert status["state"] == "succeeded" and status["finished"] and status["model"] == "local/relief"
     assert [item["name"] for item in status["items"]] == ["duck.png", "mug.png", "vase.png"]
-    # each model, and the offline model's cut-out ("what the model saw") as its preview
-    assert sorted(Path(f).name for f in files) == sorted(
-        [f"{n}.glb" for n in ("duck", "mug", "vase")] + [f"{n}.preview.png" for n in ("duck", "mug", "vase")])
+    # the models only, each one loads; the offline model's cut-out ("what the model saw")
+    # stays in the status, with its URL
+    assert [Path(f).name for f in files] == [f"{n}.glb" for n in ("duck", "mug", "vase")]
     for path in files:
-        if path.endswith(".glb"):
-            assert len(load_glb(Path(path)).geometry) >= 1
+        assert len(load_glb(Path(path)).geometry) >= 1
+    assert [[f["name"] for f in item["files"]] for item in status["items"]] == [
+        [f"{n}.glb", f"{n}.preview.png"] for n in ("duck", "mug", "vase")]
     # exactly the job service's status shape, also from /job_status
     service = server.runtime.service
     assert status == service.status(service.get(status["job_id"]))
@@ -236,8 +237,7 @@ def test_results_are_served_in_place_and_a_deleted_job_leaves_no_copy_or_url(
         client.close()
     assert status["state"] == "succeeded", status["items"][0]["error"]
     assert gradio_temp.is_dir(), "the upload did not land in this test's Gradio temp folder"
-    served, preview = files  # the model, then its cut-out preview
-    assert preview["url"].endswith("unique.preview.png")
+    (served,) = files  # the model only
     job_id, url = status["job_id"], served["url"]
     result = server.runtime.files.result_path(job_id, "unique.glb")
     digest = hashlib.sha256(result.read_bytes()).hexdigest()

@@ -58,8 +58,8 @@ const [status, files] = named.at(-1);
 for (const [s, f] of named) if (!s.finished) assert.equal(f, null, "an update before the end sent files");
 assert.equal(status.state, "succeeded", JSON.stringify(status.items.map((i) => i.error)));
 assert.deepEqual(status.items.map((i) => i.name), ["duck.png", "mug.png"]);
-// each model, then the offline model's cut-out preview ("what the model saw")
-const namedResults = ["duck.glb", "duck.preview.png", "mug.glb", "mug.preview.png"];
+// the models only; the offline model's cut-out ("what the model saw") is in the status
+const namedResults = ["duck.glb", "mug.glb"];
 assert.deepEqual(files.map((f) => f.orig_name), namedResults);
 assert.deepEqual(files.map((f) => baseName(f.url)), namedResults);
 const glb = Buffer.from(await (await fetch(files[0].url)).arrayBuffer());
@@ -71,7 +71,7 @@ const [blobStatus, blobFiles] = nameless.at(-1);
 assert.equal(blobStatus.state, "succeeded", JSON.stringify(blobStatus.items.map((i) => i.error)));
 assert.deepEqual(blobStatus.items.map((i) => i.name), ["image-1.png", "image-2.png"]);
 assert.deepEqual(blobFiles.map((f) => f.orig_name),
-	["image-1.glb", "image-1.preview.png", "image-2.glb", "image-2.preview.png"]);
+	["image-1.glb", "image-2.glb"]);
 
 // /job_status: the same status as the last update of /generate
 const again = (await client.predict("/job_status", { job_id: status.job_id })).data[0];

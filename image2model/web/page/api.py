@@ -24,8 +24,10 @@ import gradio as gr
 
 from image2model.errors import AppError
 from image2model.jobs.changes import read_interval
-from image2model.jobs.model import OPEN_OWNER
+from image2model.jobs.model import OPEN_OWNER, Job
 from image2model.jobs.service import JobService, Upload
+from image2model.jobs.store import StoreUnavailable
+from image2model.outage import OutageLog
 from image2model.runtime import Runtime
 from image2model.web.page.named_files import NamedFiles
 from image2model.web.security import ApiSecurity
@@ -33,8 +35,10 @@ from image2model.web.page.files import uploads_from
 from image2model.web.page.view import friendly
 
 log = logging.getLogger(__name__)
+page_outage = OutageLog(log, "job store (followed by the page and /generate)")
 
 WAIT_SECONDS = 1.0
+OUTAGE_RETRY_SECONDS = 1.0
 
 
 def parse_options(options: Any) -> dict[str, Any] | None:
@@ -63,33 +67,52 @@ def create_job(runtime: Runtime, uploads: list[Upload], model: str | None, mode:
     return runtime.service.status(job)
 
 
-async def follow_job(service: JobService, job_id: str, every: float | None = None) -> AsyncIterator[dict[str, Any]]:
+async def follow_job(service: JobService, job_id: str,
+                     every: float | None = None) -> AsyncIterator[dict[str, Any] | None]:
     """Yield the job's status now, then whenever it changes, until it is finished.
 
     Waits on the store's change events, never polls the queue. With `every`, also yields
     after that many quiet seconds (the page's elapsed times keep moving). A job deleted
-    meanwhile ends the stream with AppError job_not_found.
+    meanwhile ends the stream with AppError job_not_found. While the job store cannot be
+    reached it yields None once and tries again every second: the job goes on in the
+    workers, and the stream picks it up when the store is back.
     """
-    job = await asyncio.to_thread(service.get, job_id, OPEN_OWNER)
-    read_at = time.monotonic()
-    yield service.status(job)
-    while not job.state.terminal:
-        await service.wait_for_change_async(job_id, job.version, every or WAIT_SECONDS)
-        await asyncio.sleep(max(0.0, read_at + read_interval(len(job.items)) - time.monotonic()))
-        read_at = time.monotonic()
-        fresh = await asyncio.to_thread(service.get, job_id, OPEN_OWNER)
-        changed = fresh.version != job.version
+    job: Job | None = None
+    read_at, reachable = 0.0, True
+    while job is None or not job.state.terminal:
+        try:
+            if job is not None and reachable:
+                await service.wait_for_change_async(job_id, job.version, every or WAIT_SECONDS)
+                await asyncio.sleep(max(0.0, read_at + read_interval(len(job.items)) - time.monotonic()))
+            read_at = time.monotonic()
+            fresh, status = await asyncio.to_thread(_read_status, service, job_id)
+        except StoreUnavailable as exc:
+            page_outage.failed(exc)
+            if reachable:
+                reachable = False
+                yield None
+            await asyncio.sleep(OUTAGE_RETRY_SECONDS)
+            continue
+        changed = job is None or not reachable or fresh.version != job.version
+        if not reachable:
+            page_outage.ok()
+            reachable = True
         job = fresh
         if changed or every is not None:
-            yield service.status(job)
+            yield status
 
 
-def result_file_paths(runtime: Runtime, status: dict[str, Any]) -> list[str]:
-    files = []
-    for item in status["items"]:
-        for result in item["files"]:
-            files.append(str(runtime.files.result_path(status["job_id"], result["name"])))
-    return files
+def _read_status(service: JobService, job_id: str) -> tuple[Job, dict[str, Any]]:
+    """The job and its status, read off the event loop (a hanging store must not stall it)."""
+    job = service.get(job_id, OPEN_OWNER)
+    return job, service.status(job)
+
+
+def model_file_paths(runtime: Runtime, status: dict[str, Any]) -> list[str]:
+    """The models (GLB) only: a script loads each file it gets. Previews and cut-outs stay
+    in the status, each file with its URL."""
+    return [str(runtime.files.result_path(status["job_id"], result["name"]))
+            for item in status["items"] for result in item["files"] if result["kind"] == "model"]
 
 
 def register_api(runtime: Runtime, security: ApiSecurity) -> None:
@@ -112,7 +135,7 @@ def register_api(runtime: Runtime, security: ApiSecurity) -> None:
             fal_key: optional, your own FAL.AI key: FAL models then run on your account (never stored after the job, never shown); "" for this server's.
 
         Returns:
-            the job status (job_id, state, and per photo its message, error and files) and the list of result files, each with an absolute `url` to download it (the GLB models, and previews for some models).
+            the job status (job_id, state, and per photo its message, error and files, previews included) and the list of the GLB models, each with an absolute `url` to download it.
         """
         try:
             visitor = await security.may_start(request)
@@ -120,10 +143,12 @@ def register_api(runtime: Runtime, security: ApiSecurity) -> None:
                                              fal_key, visitor)
             await security.count_start(visitor)
             async for status in follow_job(service, status["job_id"]):
+                if status is None:  # the store is away for a moment: the job goes on
+                    continue
                 progress(status["progress"] / 100, desc=f"{status['counts']['succeeded']} of "
                          f"{len(status['items'])} models ready")
                 if status["finished"]:
-                    yield status, result_file_paths(runtime, status)
+                    yield status, model_file_paths(runtime, status)
                 else:
                     yield status, None
         except Exception as exc:  # noqa: BLE001 - the client gets words, never a traceback

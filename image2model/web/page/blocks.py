@@ -64,6 +64,8 @@ __all__ = ["UI_CSS", "UI_HEAD", "UI_THEME", "build_ui", "upload_ceiling"]
 
 WATCH_EVERY = 0.75  # seconds between refreshes of elapsed times while nothing else changes
 NOT_FOUND = "That job was not found; it may have expired."
+STORE_AWAY = ("The server has lost touch with its job store for a moment. Your photos are still being "
+              "worked on; this page catches up by itself when it is back.")
 SEEN_LABEL = "What the model saw"
 # Clicks the hidden download button once its file is there (nothing when making it failed).
 DOWNLOAD_NOW_JS = """() => {
@@ -478,13 +480,20 @@ class Page:
         viewing = viewing if isinstance(viewing, dict) else {}
         resume = viewing.get("job") == job_id  # same job: keep what the tab shows
         shown = viewing.get("index") if resume else None
-        offered = -1
+        offered, away = -1, False
         update: dict[Any, Any] = {self.progress: gr.skip()}
         try:
             async for status in follow_job(self.service, job_id, every=WATCH_EVERY):
                 if self.latest.get(session) is not token:
                     return
+                if status is None:
+                    away = True
+                    yield {self.notice: note(STORE_AWAY, "info")}
+                    continue
                 update = self.refresh(status)
+                if away:
+                    away = False
+                    update.setdefault(self.notice, note(""))
                 if not resume:
                     update.update(self.clear_results(job_id))
                     resume = True

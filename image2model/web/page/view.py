@@ -15,6 +15,7 @@ from image2model.errors import AppError
 from image2model.jobs.service import NO_WORKER_MESSAGE
 from image2model.providers.base import WAITING_FOR_CPU
 from image2model.units import size_text
+from image2model.web.envelope import outage_error
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,14 @@ UNEXPECTED = "Something went wrong on the server. Please try again; if it keeps 
 
 
 def friendly(exc: BaseException) -> str:
-    """Words for a person: our own errors carry them; anything else is logged, not shown."""
+    """Words for a person: our own errors carry them, and so does an outage (the job store
+    away, a full disk), logged in one line; anything else is logged, not shown."""
     if isinstance(exc, AppError):
         return exc.message
+    outage = outage_error(exc)
+    if outage is not None:
+        log.warning("%s in the page: %s", outage.code, exc)
+        return outage.message
     log.exception("unexpected error in the page", exc_info=exc)
     return UNEXPECTED
 
