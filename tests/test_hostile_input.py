@@ -408,7 +408,8 @@ def test_links_are_never_followed(finished, tmp_path) -> None:  # noqa: ANN001
     shutil.copy2(keep, elsewhere / "a.glb")
     results.symlink_to(elsewhere, target_is_directory=True)  # a directory above it is a symlink
     assert_error(httpx.get(url), 404, "file_not_found")
-    assert_error(httpx.get(f"{server.url}/api/v1/download/{job_id}/all.zip"), 404, "no_results")
+    assert_error(httpx.get(f"{server.url}/api/v1/download/{job_id}/all.zip"), 404, "no_results",
+                 "ended without any result files")
 
     results.unlink()
     shutil.move(str(elsewhere), results)

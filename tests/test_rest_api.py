@@ -118,6 +118,12 @@ def test_list_download_range_etag_and_head(server, client, finished_job) -> None
     assert client.get(glb["url"], headers={"Range": "bytes=banana"}).content == on_disk  # unreadable: ignored
     head = client.head(glb["url"])
     assert head.status_code == 200 and head.headers["content-length"] == str(len(on_disk)) and head.content == b""
+    # the listing and the ZIP answer HEAD as GET would, without a body (found from outside: 404)
+    for url, kind in ((f"/api/v1/download/{finished_job}/all", "application/json"),
+                      (body["zip_url"], "application/zip")):
+        head = client.head(url)
+        assert head.status_code == 200 and head.headers["content-type"].startswith(kind), (url, head.status_code)
+        assert head.content == b""
 
 
 def test_conversions_on_demand(client, finished_job) -> None:  # noqa: ANN001

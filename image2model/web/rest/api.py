@@ -336,8 +336,15 @@ def _download_routes(router: APIRouter, api: Api) -> None:
                 responses={200: {"content": {"application/zip": {"schema": {"type": "string",
                                                                              "format": "binary"}}},
                                  "description": "A ZIP of every result file"}, **errors(401, 404, 422, 429)})
-    def zip_all(job_id: str, caller: Caller = Depends(file_caller), token: str | None = token_query) -> Response:
-        return downloads.zip_response(api.runtime.files, api.downloadable_job(job_id, caller, token))
+    def zip_all(request: Request, job_id: str, caller: Caller = Depends(file_caller),
+                token: str | None = token_query) -> Response:
+        return downloads.zip_response(api.runtime.files, api.downloadable_job(job_id, caller, token),
+                                      head=request.method == "HEAD")
+
+    # HEAD answers as GET would, without the body (a download manager asks first)
+    router.add_api_route("/download/{job_id}/all", list_files, methods=["HEAD"], include_in_schema=False)
+    router.add_api_route("/download/{job_id}/all.zip", zip_all, methods=["HEAD"], response_model=None,
+                         include_in_schema=False)
 
     def download(job_id: str, filename: str, caller: Caller = Depends(file_caller),
                  format: Literal["glb", "obj", "stl", "ply", ""] | None = Query(  # noqa: A002 - the API's name

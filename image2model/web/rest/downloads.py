@@ -117,11 +117,14 @@ def listed_paths(files: FileStore, job: Job) -> list[Path]:
     return paths
 
 
-def zip_response(files: FileStore, job: Job) -> Response:
+def zip_response(files: FileStore, job: Job, head: bool = False) -> Response:
+    """All results as one streamed ZIP; for HEAD, its headers only (the ZIP is not made)."""
     paths = listed_paths(files, job)
     if not paths:
-        raise AppError("no_results", "This job has no result files yet.", 404)
-    stream: Iterator[bytes] = zip_results(paths)
+        message = ("This job ended without any result files to download." if job.state.terminal
+                   else "This job has no result files yet; each appears as its photo is done.")
+        raise AppError("no_results", message, 404)
+    stream: Iterator[bytes] = iter(()) if head else zip_results(paths)
     headers = {"Content-Disposition": f'attachment; filename="image2model-{job.id[:8]}.zip"',
                "Cache-Control": "no-store"}
     return StreamingResponse(stream, media_type="application/zip", headers=headers)
