@@ -20,6 +20,8 @@ from contextlib import contextmanager
 import httpx
 from prometheus_client import Counter, Histogram
 
+from image2model.errors import AppError
+
 PREFIX = "image2model_"
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1800)
 
@@ -60,6 +62,17 @@ def count_fal_response(response: httpx.Response) -> None:
 def count_fal_error(method: str) -> None:
     """A request to FAL that got no answer at all (connect error, timeout, dropped)."""
     FAL_REQUESTS.labels(method, "error").inc()
+
+
+@contextmanager
+def refusals_counted() -> Iterator[None]:
+    """An AppError raised inside is a refused job request: counted by its code (each refusal
+    is counted where it is raised, once: the upload's form, its parameters, the job service)."""
+    try:
+        yield
+    except AppError as exc:
+        UPLOADS_REFUSED.labels(exc.code).inc()
+        raise
 
 
 @contextmanager

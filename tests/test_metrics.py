@@ -119,16 +119,19 @@ def test_failures_retries_resumes_and_reconciliations_are_counted(fake_fal, live
 
 
 def test_refused_uploads_are_counted_by_reason(live_server_factory) -> None:  # noqa: ANN001
-    server = live_server_factory(fal_key="", metrics_token=TOKEN, rate_limit_upload="2/minute",
+    server = live_server_factory(fal_key="", metrics_token=TOKEN, rate_limit_upload="4/minute",
                                  rate_limit_api="100000/minute")
     with httpx.Client(base_url=server.url, timeout=30) as client:
         def refusals() -> None:
             assert post_images(client, [("a.txt", b"not an image")], content_type="text/plain").status_code == 415
             assert post_images(client, [("a.png", png())], model="no/such").status_code == 422
+            # refused while reading the request, before the job service (found from outside: not counted)
+            assert post_images(client, [("a.png", png())], params="[1]").status_code == 422
+            assert post_images(client, [("a.png", png())], params="{}", face_limit="many").status_code == 422
             assert post_images(client, [("a.png", png())]).status_code == 429
 
         delta = moved(client, refusals)
-    reasons = {"unsupported_file_type": 1, "unknown_model": 1, "rate_limited": 1}
+    reasons = {"unsupported_file_type": 1, "unknown_model": 1, "invalid_parameter": 2, "rate_limited": 1}
     got = {reason: delta("image2model_uploads_refused_total", reason=reason) for reason in reasons}
     assert got == reasons, got
 

@@ -23,7 +23,7 @@ from image2model.jobs.endings import item_ended
 from image2model.jobs.fairness import Enqueue, plan_turns, share_of
 from image2model.jobs.store import JobStore
 from image2model.media.images import inspect_image
-from image2model.metrics import ITEMS_CREATED, JOBS_CREATED, UPLOADS_REFUSED
+from image2model.metrics import ITEMS_CREATED, JOBS_CREATED, refusals_counted
 from image2model.media.polyglot import check_single_format
 from image2model.providers.catalog import ModelSpec, availability, catalog, get_model
 from image2model.storage import FileStore, safe_name, unique_stems
@@ -85,11 +85,8 @@ class JobService:
         answer is sent); a job never queued is queued by the reaper (ORPHAN_GRACE_SECONDS).
         `fal_key`: the person's own FAL key; their FAL job runs on it alone and is not counted
         by this server's spending guard (the offline model needs none, so it is not kept)."""
-        try:
+        with refusals_counted():
             job = self._create_job(uploads, model, mode, params, owner, fal_key, share_of(share), queue)
-        except AppError as exc:
-            UPLOADS_REFUSED.labels(exc.code).inc()
-            raise
         JOBS_CREATED.labels(job.model).inc()
         ITEMS_CREATED.labels(job.model).inc(len(job.items))
         return job

@@ -27,6 +27,7 @@ from image2model.jobs.changes import read_interval
 from image2model.jobs.model import OPEN_OWNER, Job
 from image2model.jobs.service import JobService, Upload
 from image2model.jobs.store import StoreUnavailable
+from image2model.metrics import refusals_counted
 from image2model.outage import OutageLog
 from image2model.runtime import Runtime
 from image2model.web.page.named_files import NamedFiles
@@ -61,9 +62,10 @@ def create_job(runtime: Runtime, uploads: list[Upload], model: str | None, mode:
                options: Any, fal_key: str | None = None, share: str = "") -> dict[str, Any]:
     """Create the job (blocking: it reads and copies the images) and return its status.
     `share`: the caller's identity, for fair turns in the queue."""
-    job = runtime.service.create_job(uploads, model=model or None, mode=mode or None,
-                                     params=parse_options(options), fal_key=fal_key if isinstance(fal_key, str) else None,
-                                     share=share)
+    with refusals_counted():  # the service counts its own refusals
+        params = parse_options(options)
+    job = runtime.service.create_job(uploads, model=model or None, mode=mode or None, params=params,
+                                     fal_key=fal_key if isinstance(fal_key, str) else None, share=share)
     return runtime.service.status(job)
 
 

@@ -29,7 +29,7 @@ from image2model.errors import AppError
 from image2model.jobs.model import Job
 from image2model.jobs.store import StoreUnavailable
 from image2model.jobs.service import JobService, Upload, file_url
-from image2model.metrics import UPLOADS_REFUSED
+from image2model.metrics import refusals_counted
 from image2model.providers.catalog import catalog
 from image2model.runtime import Runtime
 from image2model.storage import check_job_id
@@ -191,11 +191,8 @@ def _job_routes(router: APIRouter, api: Api) -> None:
                      fal_key: str | None = Header(None, alias="X-Fal-Key", description=FAL_KEY_HELP)) -> dict:
         """Start a job. The images are streamed to disk with the size cap enforced while reading.
         Its items are queued once the answer is sent, so their start does not delay it."""
-        try:
+        with refusals_counted():  # refused before the job service saw it (size, type, form)
             form = await receive_form(request, api.incoming, api.limits)
-        except AppError as exc:  # refused before the job service saw it (size, type, form)
-            UPLOADS_REFUSED.labels(exc.code).inc()
-            raise
         try:
             job, notes = await run_in_threadpool(_create_job, api, form, caller, fal_key)
         finally:
@@ -257,12 +254,13 @@ def _create_job(api: Api, form: ReceivedForm, caller: Caller, fal_key: str | Non
     fields = form.fields
     uploads = [Upload(f.filename, f.path) for f in form.files]
     model = fields.get("model") or None
-    params = _parse_params(fields)
     notes = []
-    face_limit = fields.get("face_limit", "").strip()
-    if face_limit:
-        params, note = api.service.model_spec(model, own_key=bool(fal_key)).with_face_limit(params, face_limit)
-        notes.append(note)
+    with refusals_counted():  # the service counts its own refusals
+        params = _parse_params(fields)
+        face_limit = fields.get("face_limit", "").strip()
+        if face_limit:
+            params, note = api.service.model_spec(model, own_key=bool(fal_key)).with_face_limit(params, face_limit)
+            notes.append(note)
     job = api.service.create_job(uploads, model=model, mode=fields.get("mode") or None, params=params,
                                  owner=caller.job_owner, fal_key=fal_key, share=caller.share, queue=False)
     if fal_key and fal_key.strip() and not job.own_fal_key:
