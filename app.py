@@ -53,7 +53,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
                   description="Turn photos into 3D models.")
     build_api(app, runtime)
     if settings.admin_key:  # before the page at "/", which would answer every path under it
-        admin = mount_admin(app, runtime)
+        admin = mount_admin(app, runtime, app.state.rest_api.security)
         quiet_gradio_queue(admin)
         check_file_paths(admin)
     blocks = build_ui(runtime, app.state.rest_api.security)

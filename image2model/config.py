@@ -107,6 +107,7 @@ class Settings(BaseSettings):
     admin_key: str = Field(default="", repr=False)
     rate_limit_api: str = "100/minute"  # per key, or per client address without one; "off" = none
     rate_limit_upload: str = "10/minute"  # job creation, on top of rate_limit_api; "off" = none
+    rate_limit_login: str = "5/minute;30/hour"  # /admin login attempts per client address; "off" = none
     trusted_proxies: str = ""  # IPs/CIDRs whose X-Forwarded-For is believed, e.g. "10.0.0.0/8"
     cors_origins: str = ""  # origins allowed to call the API from a browser; "*" = any
     # Job tokens: a job's read access (status, stream, downloads) that a browser can put in a
@@ -137,7 +138,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("rate_limit_api", "rate_limit_upload")
+    @field_validator("rate_limit_api", "rate_limit_upload", "rate_limit_login")
     @classmethod
     def _limit_or_off(cls, value: str) -> str:
         """`off` turns a limit off (an empty `NAME=` means the default, like every setting);

@@ -21,6 +21,7 @@ from image2model.examples import EXAMPLES_DIR
 from image2model.jobs.model import ItemState, JobState
 from image2model.jobs.service import Upload
 from tests.engine_helpers import wait_done
+from tests.rest_helpers import assert_error
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "admin"
 SQLITE = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -152,6 +153,22 @@ def test_admin_routes_refuse_anyone_without_the_key(live_server_factory, backend
         assert not client.get("/admin/gradio_api/info").json()["named_endpoints"]
     public = httpx.get(server.url + "/gradio_api/info").json()
     assert not any("refresh" in name or "delete" in name for name in public["named_endpoints"])
+
+
+@SQLITE
+def test_password_tries_are_limited(live_server_factory, backend) -> None:  # noqa: ANN001
+    """Found from outside (fourth round): 120 wrong passwords were all answered. Past
+    RATE_LIMIT_LOGIN the login answers 429 with Retry-After, even to the right key, and the
+    page itself stays reachable."""
+    server = live_server_factory(admin_key=KEY, rate_limit_login="3/minute")
+    with httpx.Client(base_url=server.url) as client:
+        for n in range(3):
+            assert client.post("/admin/login", data={"username": "admin", "password": f"guess{n}"}).status_code == 400
+        refused = client.post("/admin/login/", data={"username": "admin", "password": KEY})
+        body = assert_error(refused, 429, "rate_limited", "Too many login attempts")
+        assert int(refused.headers["retry-after"]) >= 1 and body["details"]["limit"] == 3
+        assert "access-token" not in refused.headers.get("set-cookie", "")
+        assert client.get("/admin/").status_code == 200
 
 
 # --- in Chromium ------------------------------------------------------------------------

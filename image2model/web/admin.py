@@ -17,14 +17,17 @@ from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from image2model.errors import AppError
 from image2model.jobs.model import ItemState
 from image2model.ops import FailureGroup, Overview, WorkerView, job_row, overview
 from image2model.runtime import Runtime
+from image2model.web.envelope import app_error_response
 from image2model.web.page.style import UI_THEME
+from image2model.web.security import ApiSecurity
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +84,35 @@ def key_checker(admin_key: str) -> Callable[[str, str], bool]:
     return check
 
 
-def mount_admin(app: FastAPI, runtime: Runtime) -> gr.Blocks:
+LOGIN_REFUSAL = "Too many login attempts from here; try again in {wait} s."
+
+
+class LoginThrottle:
+    """Gradio's login route takes any number of password tries: count each try at
+    /admin/login per client address (RATE_LIMIT_LOGIN, in the rate limiter every process
+    shares), and answer 429 past the limit without asking Gradio."""
+
+    def __init__(self, app: ASGIApp, security: ApiSecurity):
+        self.app = app
+        self.security = security
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] == "http" and scope["method"] == "POST"
+                and scope["path"].rstrip("/").endswith(f"{ADMIN_PATH}/login")):
+            request = Request(scope)
+            try:
+                await self.security.count(f"ip:{self.security.address(request)}", ("login",), LOGIN_REFUSAL)
+            except AppError as exc:
+                log.warning("admin login refused: too many tries from %s", self.security.address(request))
+                await app_error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def mount_admin(app: FastAPI, runtime: Runtime, security: ApiSecurity) -> gr.Blocks:
     """Mount the page at /admin; call before the main page's mount at "/", which would
     otherwise answer every path under it."""
+    app.add_middleware(LoginThrottle, security=security)
 
     @app.get(ADMIN_PATH, include_in_schema=False)
     def admin_without_slash() -> RedirectResponse:

@@ -151,13 +151,14 @@ def limits_of(setting: str) -> list[RateLimitItem]:
 
 
 class RateLimiter:
-    """Named groups of limits ("api", "upload") counted per caller identity."""
+    """Named groups of limits ("api", "upload", "login") counted per caller identity."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.groups: dict[str, list[RateLimitItem]] = {
             "api": limits_of(settings.rate_limit_api),
             "upload": limits_of(settings.rate_limit_upload),
+            "login": limits_of(settings.rate_limit_login),
         }
         self._main: MovingWindowRateLimiter | None = None  # built on first use, inside the loop
         self._fallback: MovingWindowRateLimiter | None = None
