@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from limits import parse_many
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -200,7 +200,25 @@ def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+class BadSettings(SystemExit):
+    """A setting that cannot be read: the process stops at start with the reason, in one
+    line per setting and no traceback (the web app, a consumer, the health check)."""
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings; tests call `get_settings.cache_clear()` after changing env."""
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise BadSettings(settings_problems(exc)) from None
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """What is wrong, by the environment variable's name: "PORT='abc': Input should be ..."."""
+    lines = ["image2model cannot start: a setting is not valid (see .env.example)."]
+    for error in exc.errors():
+        name = str(error["loc"][0]).upper() if error.get("loc") else "a setting"
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        lines.append(f"  {name}={error.get('input')!r}: {message}")
+    return "\n".join(lines)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
-from huey.bin.huey_consumer import consumer_main
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs as a script, without PYTHONPATH
+
+from huey.bin.huey_consumer import consumer_main  # noqa: E402
 
 if os.environ.get("I2M_TEST_FAKE_FAL_URL"):
     from tests.fakefal import patch_fal_client

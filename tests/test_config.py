@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,21 @@ def test_log_level_is_checked_at_start_naming_the_setting(monkeypatch: pytest.Mo
     assert "DEBUG" in str(caught.value)  # the message lists what it may be
     monkeypatch.setenv("LOG_LEVEL", " debug ")
     assert Settings(_env_file=None).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize("command", [["app.py"], ["tests/consumer_process.py", "-w", "1"],
+                                     ["-m", "image2model.healthcheck", "web"]],
+                         ids=["web", "consumer", "healthcheck"])
+def test_a_bad_setting_stops_each_process_in_words_without_a_traceback(tmp_path: Path, command: list[str]) -> None:
+    """Found from outside (fourth round): the pydantic message came inside a 15-line traceback."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(PORT="abc", RATE_LIMIT_API="lots", DATA_DIR=str(tmp_path / "data"))
+    run = subprocess.run([sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert run.returncode == 1, (run.returncode, run.stderr[-2000:])
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
+    lines = run.stderr.strip().splitlines()
+    assert lines[0].startswith("image2model cannot start"), lines
+    assert any(line.strip().startswith("PORT='abc'") and "integer" in line for line in lines), lines
+    assert any(line.strip().startswith("RATE_LIMIT_API='lots'") for line in lines), lines
+    assert len(lines) == 3, lines
