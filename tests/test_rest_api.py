@@ -171,9 +171,11 @@ def test_cancel_then_delete_removes_job_and_files(live_server_factory, fake_fal)
     server = live_server_factory(**OPEN_LIMITS)
     with httpx.Client(base_url=server.url, timeout=30) as client:
         job_id = post_images(client, [("a.png", png(1)), ("b.png", png(2))], model="fal-ai/trellis").json()["job_id"]
+        assert client.get(f"/api/v1/status/tasks/{job_id}").json()["cancel_requested"] is False
         cancelled = client.post(f"/api/v1/jobs/{job_id}/cancel")
         assert cancelled.status_code == 202
-        assert cancelled.json()["job_id"] == job_id
+        # the answer says the cancel is under way, even while a photo at FAL still runs
+        assert cancelled.json()["job_id"] == job_id and cancelled.json()["cancel_requested"] is True
         assert wait_job(server, job_id, timeout=30).state == JobState.CANCELLED
         assert client.get(f"/api/v1/status/tasks/{job_id}").json()["state"] == "cancelled"
 

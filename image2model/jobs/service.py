@@ -464,6 +464,7 @@ def job_status(job: Job, live: Liveness = Liveness()) -> dict[str, Any]:
         "task_id": job.id,
         "state": state.value,
         "finished": state.terminal,
+        "cancel_requested": job.cancel_requested,
         "progress": job.progress,
         "model": job.model,
         "mode": job.mode.value,

@@ -69,6 +69,8 @@ class JobStatus(Strict):
     task_id: str = Field(description="The same id as job_id (the original API's name for it).")
     state: JobStateName
     finished: bool
+    cancel_requested: bool = Field(description="A cancel was asked for: photos still running are being "
+                                   "stopped (the state says cancelled once one is).")
     progress: float
     model: str
     mode: Literal["per_image", "multi_view"]
