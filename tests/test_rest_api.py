@@ -113,6 +113,12 @@ def test_list_download_range_etag_and_head(server, client, finished_job) -> None
     assert part.status_code == 206 and part.content == on_disk[4:12]
     assert part.headers["content-range"] == f"bytes 4-11/{len(on_disk)}"
     assert client.get(glb["url"], headers={"If-None-Match": etag}).status_code == 304
+    modified = response.headers["last-modified"]
+    assert client.get(glb["url"], headers={"If-Modified-Since": modified}).status_code == 304
+    assert client.get(glb["url"], headers={"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}).status_code == 200
+    assert client.get(glb["url"], headers={"If-Modified-Since": "yesterday"}).status_code == 200  # unreadable
+    assert client.get(glb["url"], headers={"If-Modified-Since": modified,  # If-None-Match decides
+                                           "If-None-Match": '"another"'}).status_code == 200
     assert_error(client.get(glb["url"], headers={"Range": f"bytes={len(on_disk) + 10}-"}), 416,
                  "range_not_satisfiable")
     assert client.get(glb["url"], headers={"Range": "bytes=banana"}).content == on_disk  # unreadable: ignored

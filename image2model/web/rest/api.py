@@ -348,13 +348,14 @@ def _download_routes(router: APIRouter, api: Api) -> None:
                  format: Literal["glb", "obj", "stl", "ply", ""] | None = Query(  # noqa: A002 - the API's name
                      None, description="Convert the model: obj (a ZIP with .mtl and textures), stl or ply; "
                                        "glb or empty (a form's blank choice) for the model as it is."),
-                 token: str | None = token_query, if_none_match: str | None = Header(None)) -> Response:
+                 token: str | None = token_query, if_none_match: str | None = Header(None),
+                 if_modified_since: str | None = Header(None)) -> Response:
         """One result file, with ETag, ranges and on-demand conversion."""
         job = api.downloadable_job(job_id, caller, token)
         path, info = downloads.result_file(api.runtime.files, job, filename)
         variant = "" if format in (None, "", "glb") else format
         etag = downloads.etag_for(job.id, filename, info, variant)
-        if downloads.not_modified(if_none_match, etag):
+        if downloads.not_modified(if_none_match, etag, if_modified_since, info):
             return Response(status_code=304, headers={"ETag": etag, "Cache-Control": downloads.CACHE_CONTROL})
         if variant:
             return downloads.converted_response(path, job, filename, variant, etag)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from fastapi.responses import FileResponse, Response, StreamingResponse
@@ -60,11 +61,20 @@ def etag_for(job_id: str, name: str, info: os.stat_result, variant: str = "") ->
     return '"' + hashlib.sha256(basis.encode()).hexdigest()[:32] + '"'
 
 
-def not_modified(if_none_match: str | None, etag: str) -> bool:
-    if not if_none_match:
+def not_modified(if_none_match: str | None, etag: str, if_modified_since: str | None = None,
+                 info: os.stat_result | None = None) -> bool:
+    """RFC 9110 13.1: If-None-Match decides when it is sent; else If-Modified-Since, against
+    the file's time (the Last-Modified we send, to the second). An unreadable date is ignored."""
+    if if_none_match:
+        tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+        return "*" in tags or etag in tags
+    if not if_modified_since or info is None:
         return False
-    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
-    return "*" in tags or etag in tags
+    try:
+        since = parsedate_to_datetime(if_modified_since).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return False
+    return int(info.st_mtime) <= since
 
 
 class RangeFileResponse(FileResponse):
