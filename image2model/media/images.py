@@ -7,6 +7,7 @@ worker: upright, 8-bit RGB(A), no larger than the model needs.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +65,8 @@ def inspect_image(path: Path, name: str, max_pixels: int) -> ImageInfo:
                 _check_complete(img, path)
         except AppError:
             raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise _too_many_pixels(name, 0, 0, max_pixels) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _too_many_pixels(name, 0, 0, max_pixels, _bomb_pixels(exc)) from None
         except UnidentifiedImageError:
             raise _not_an_image(name) from None
         except Exception:  # noqa: BLE001 - any decoder failure (a corrupt AVIF raises RuntimeError)
@@ -162,8 +163,16 @@ def _corrupt(name: str) -> AppError:
     return AppError("corrupt_image", f"'{name}' is damaged or incomplete and cannot be read.", 400, {"file": name})
 
 
-def _too_many_pixels(name: str, width: int, height: int, max_pixels: int) -> AppError:
-    size = f" ({width}x{height})" if width else ""
+def _bomb_pixels(exc: Exception) -> int:
+    """The pixel count Pillow's bomb guard names ("Image size (400000000 pixels) exceeds..."):
+    it refuses before anyone can read the size; 0 when its words change (Pillow is pinned, and
+    tests/test_hostile_input.py bomb.png fails then)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return int(found.group(1)) if found else 0
+
+
+def _too_many_pixels(name: str, width: int, height: int, max_pixels: int, pixels: int = 0) -> AppError:
+    size = f" ({width}x{height})" if width else f" ({pixels / 1e6:,.0f} megapixels)" if pixels else ""
     return AppError(
         "image_too_large",
         f"'{name}'{size} has more than {max_pixels / 1e6:.0f} megapixels; please use a smaller image.",
