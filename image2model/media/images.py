@@ -165,8 +165,8 @@ def _corrupt(name: str) -> AppError:
 
 def _bomb_pixels(exc: Exception) -> int:
     """The pixel count Pillow's bomb guard names ("Image size (400000000 pixels) exceeds..."):
-    it refuses before anyone can read the size; 0 when its words change (Pillow is pinned, and
-    tests/test_hostile_input.py bomb.png fails then)."""
+    it refuses before anyone can read the size. 0 when its words change: the message then
+    has no size, and tests/test_hostile_input.py's bomb.png case fails to say so."""
     found = re.search(r"\((\d+) pixels\)", str(exc))
     return int(found.group(1)) if found else 0
 
