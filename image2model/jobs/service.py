@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from image2model.config import Settings
 from image2model.errors import AppError, disk_full_error, is_disk_full
@@ -451,7 +452,8 @@ def get_default_model_id(settings: Settings) -> str:
 
 
 def file_url(job_id: str, name: str) -> str:
-    return f"{DOWNLOAD_PREFIX}/{job_id}/{name}"
+    """The download path, the name percent-encoded: "cup _1.glb" must not break curl."""
+    return f"{DOWNLOAD_PREFIX}/{job_id}/{quote(name, safe='')}"
 
 
 def job_status(job: Job, live: Liveness = Liveness()) -> dict[str, Any]:
