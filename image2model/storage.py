@@ -22,9 +22,10 @@ from anyascii import anyascii
 from image2model.errors import AppError, is_disk_full
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-PART_PREFIX = ".part-"
-PART_OWNER = re.compile(r"^\.part-(\d+)@([^-]*)-")  # .part-<pid>@<host>-<random>
-STALE_PART_SECONDS = 600.0  # a half-written file nobody touched for this long is abandoned
+PART_PREFIX = ".part-"  # a result being written: .part-<pid>@<host>-<random>
+UPLOAD_PREFIX = "upload-"  # an upload being received, in `incoming`: upload-<pid>@<host>-<random>
+STALE_PART_SECONDS = 600.0  # a half-written result nobody touched for this long is abandoned
+STALE_UPLOAD_SECONDS = 3600.0  # an upload's file, when its writer is on another machine
 UNSAFE = re.compile(r"[^A-Za-z0-9._ ()+-]+")
 
 
@@ -80,10 +81,35 @@ def unique_stems(names: Iterable[str]) -> list[str]:
 _HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
 
 
+def writer_prefix(prefix: str) -> str:
+    """The start of a temp file's name that says who writes it (<prefix><pid>@<host>-), so a
+    sweep can tell a dead writer's leftovers from a live one's."""
+    return f"{prefix}{os.getpid()}@{_HOST}-"
+
+
+def abandoned(paths: Iterable[Path], prefix: str, pid_gone: Callable[[int], bool], now: float,
+              stale_seconds: float) -> list[Path]:
+    """The temp files whose writer died: one on this host whose pid is gone, or any file
+    untouched for `stale_seconds` (a writer elsewhere, or a name without its writer)."""
+    owner_of = re.compile(rf"^{re.escape(prefix)}(\d+)@([^-]*)-")
+    found = []
+    for path in paths:
+        owner = owner_of.match(path.name)
+        try:
+            old = now - path.stat().st_mtime >= stale_seconds
+        except OSError:
+            continue
+        mine = owner is not None and owner.group(2) == _HOST
+        if old or (mine and pid_gone(int(owner.group(1)))):
+            found.append(path)
+    return found
+
+
 class FileStore:
     def __init__(self, root: Path):
         self.root = Path(root).resolve() / "files"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.incoming = Path(root).resolve() / "incoming"  # uploads being received (web/rest/uploads.py)
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / check_job_id(job_id)
@@ -122,7 +148,7 @@ class FileStore:
         """Write chunks to target through a temp file; returns the size. Raises AppError
         `file_too_large` (and leaves nothing behind) when max_bytes is passed."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{PART_PREFIX}{os.getpid()}@{_HOST}-")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=writer_prefix(PART_PREFIX))
         size = 0
         try:
             with os.fdopen(fd, "wb") as out:
@@ -146,20 +172,16 @@ class FileStore:
             raise
         return size
 
-    def abandoned_parts(self, pid_gone: Callable[[int], bool], now: float | None = None) -> list[Path]:
-        """Half-written files whose writer died (a kill mid-download): a writer on this host
-        whose pid is gone, or any file untouched for STALE_PART_SECONDS (a writer elsewhere)."""
+    def remove_abandoned(self, pid_gone: Callable[[int], bool], now: float | None = None) -> list[Path]:
+        """Remove the temp files of writers that died (a kill mid-download or mid-upload): the
+        half-written results and the uploads being received; returns what went."""
         now = now or time.time()
-        found = []
-        for part in self.root.glob(f"*/results/{PART_PREFIX}*"):
-            owner = PART_OWNER.match(part.name)
-            try:
-                old = now - part.stat().st_mtime >= STALE_PART_SECONDS
-            except OSError:
-                continue
-            mine = owner is not None and owner.group(2) == _HOST
-            if old or (mine and pid_gone(int(owner.group(1)))):
-                found.append(part)
+        found = (abandoned(self.root.glob(f"*/results/{PART_PREFIX}*"), PART_PREFIX, pid_gone, now,
+                           STALE_PART_SECONDS)
+                 + abandoned(self.incoming.glob(f"{UPLOAD_PREFIX}*"), UPLOAD_PREFIX, pid_gone, now,
+                             STALE_UPLOAD_SECONDS))
+        for path in found:
+            path.unlink(missing_ok=True)
         return found
 
     def delete_job(self, job_id: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -92,3 +93,31 @@ def test_the_app_sends_no_telemetry_to_hugging_face_unless_asked() -> None:
                               timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.strip().splitlines()[-1] == expected, (given, done.stdout)
+
+
+def test_an_upload_cut_by_a_killed_web_process_leaves_no_file_after_a_restart(fake_fal, tmp_path) -> None:  # noqa: ANN001
+    """Found from outside (fifth round): kill -9 mid-upload left its temp file in `incoming`
+    until a restart an hour later. The file names its writer, so the next start removes it."""
+    data_dir, port = tmp_path / "data", free_port()
+    proc = start_app(data_dir, port, fake_fal.base_url)
+    try:
+        wait_for_port(port, timeout=60)
+        head = (f"POST /api/v1/upload/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                "Content-Type: multipart/form-data; boundary=b0\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+        part = b'--b0\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n\r\n' + b"\0" * 1_000_000
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(head + f"{len(part):x}\r\n".encode() + part + b"\r\n")  # and never the end
+            incoming = data_dir / "incoming"
+            wait_until(lambda: incoming.is_dir() and any(incoming.glob("upload-*")), timeout=20)
+            (left,) = incoming.glob("upload-*")
+            assert left.name.startswith(f"upload-{proc.pid}@"), left.name
+            proc.kill()
+            proc.wait(30)
+        assert left.exists()
+        proc = start_app(data_dir, port, fake_fal.base_url)
+        wait_for_port(port, timeout=60)
+        assert not left.exists(), "the killed process's upload file survived the restart"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)

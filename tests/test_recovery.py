@@ -248,9 +248,15 @@ def test_a_half_written_download_left_by_a_killed_worker_is_removed_at_start(run
     left.write_bytes(b"half a model")
     live = results / f".part-{os.getpid()}@{storage._HOST}-def456"  # a download still going on
     live.write_bytes(b"being written")
+    runtime.files.incoming.mkdir(parents=True, exist_ok=True)  # and uploads being received
+    cut_upload = runtime.files.incoming / f"upload-{dead.pid}@{storage._HOST}-ghi789"
+    cut_upload.write_bytes(b"half a photo")
+    live_upload = runtime.files.incoming / f"upload-{os.getpid()}@{storage._HOST}-jkl012"
+    live_upload.write_bytes(b"arriving")
     runtime.start_consumer()  # the first housekeeping round runs now
     assert not left.exists(), "a dead worker's half-written file survived the restart"
     assert live.exists(), "a live download was removed"
+    assert not cut_upload.exists() and live_upload.exists(), "the housekeeper sweeps dead uploads, only those"
     done = wait_done(runtime.service, job.id, timeout=60)
     assert done.state == JobState.SUCCEEDED
     assert not [p for p in results.iterdir() if p.name.startswith(".part-") and p != live]

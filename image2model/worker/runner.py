@@ -639,9 +639,8 @@ class ItemRunner:
             if not young and self.store.version(job_id) is None:
                 self.files.delete_job(job_id)
                 removed.append(job_id)
-        for part in self.files.abandoned_parts(lambda pid: pid_gone(socket.gethostname(), pid), now):
-            part.unlink(missing_ok=True)
-            log.info("removed a half-written file left by a stopped worker: %s", part.name)
+        for path in self.files.remove_abandoned(lambda pid: pid_gone(socket.gethostname(), pid), now):
+            log.info("removed a half-written file left by a stopped process: %s", path.name)
         if removed:
             log.info("cleanup removed %d jobs", len(removed))
         return removed

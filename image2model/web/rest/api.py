@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from datetime import UTC, datetime
 from collections.abc import Callable
@@ -43,7 +44,8 @@ from image2model.web.rest.schemas import (
 from image2model.web.security import API_PREFIX, ApiSecurity, Caller, install_security
 from image2model.web.tokens import JobTokens
 from image2model.web.rest.sse import Watchers, job_events, parse_last_event_id, stream_is_over
-from image2model.web.rest.uploads import ReceivedForm, UploadLimits, receive_form, sweep_incoming
+from image2model.web.rest.uploads import ReceivedForm, UploadLimits, receive_form
+from image2model.worker.liveness import pid_gone
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ class Api:
     @property
     def incoming(self) -> Path:
         """Where uploads are streamed to before the job service takes them."""
-        return self.runtime.settings.data_dir / "incoming"
+        return self.runtime.files.incoming
 
     def own_job(self, job_id: str, caller: Caller) -> Job:
         """Cancel, delete: only the owning key (anyone when the API is open); a token gives no
@@ -132,7 +134,9 @@ def build_api(app: FastAPI, runtime: Runtime) -> None:
     app.state.rest_api = api  # for operators and tests: open streams, limiter, keys in use
     install_error_handlers(app)
     install_security(app, settings, runtime.files.root, job_owner(runtime))
-    sweep_incoming(api.incoming)
+    left = runtime.files.remove_abandoned(lambda pid: pid_gone(socket.gethostname(), pid))
+    if left:  # a process killed mid-upload or mid-download; the housekeeper sweeps on from here
+        log.info("removed %d temp files left by stopped processes", len(left))
     router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
     _job_routes(router, api)
     _download_routes(router, api)

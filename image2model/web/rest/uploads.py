@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import tempfile
-import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from image2model.errors import AppError
+from image2model.storage import UPLOAD_PREFIX, writer_prefix
 from image2model.units import size_text
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class _Collector:
         if len(self.form.files) >= self.limits.max_files:
             raise AppError("too_many_images", f"You sent more than {self.limits.max_files} images; the limit "
                            f"is {self.limits.max_files} per job.", 400, {"limit": self.limits.max_files})
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix="upload-")
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=writer_prefix(UPLOAD_PREFIX))
         self._file = os.fdopen(fd, "wb")
         self._current = ReceivedFile(filename, Path(tmp))
         self.form.files.append(self._current)
@@ -234,22 +234,3 @@ async def receive_form(request: Request, directory: Path, limits: UploadLimits) 
         collector.form.cleanup()
         raise
     return collector.form
-
-
-def sweep_incoming(directory: Path, older_than_seconds: float = 3600.0) -> int:
-    """Remove upload temp files a crashed process left behind (an hour is far longer than any
-    upload takes, so a process still receiving one, here or on another machine, is safe)."""
-    if not directory.is_dir():
-        return 0
-    cutoff = time.time() - older_than_seconds
-    removed = 0
-    for path in directory.glob("upload-*"):
-        try:
-            if path.is_file() and path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed += 1
-        except OSError:
-            continue
-    if removed:
-        log.info("removed %d stale upload temp files", removed)
-    return removed
