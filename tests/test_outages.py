@@ -19,9 +19,10 @@ from PIL import Image
 import pytest
 from httpx_sse import connect_sse
 
+from image2model.jobs.service import Upload
 from image2model.runtime import Runtime
 from tests.conftest import make_settings, start_consumer_process
-from tests.engine_helpers import wait_until
+from tests.engine_helpers import wait_done, wait_until
 from tests.live_server import LiveServer
 from tests.netutil import free_port, stop_process, wait_for_port
 from tests.rest_helpers import assert_error, encode, picture, png, post_images
@@ -292,3 +293,28 @@ def test_the_page_says_the_store_is_away_and_catches_up_after_a_redis_restart(  
         context.close()
         server.stop()
         server.runtime.close()
+
+
+def test_a_worker_that_does_not_share_the_data_dir_fails_photos_in_words(redis_server, tmp_path, caplog) -> None:  # noqa: ANN001
+    """Found from outside (fifth round): a consumer with another DATA_DIR than the web app
+    failed every photo as a bare internal_error. Now the photo says what is wrong, and the
+    worker's log says where it looked."""
+    import redis
+
+    redis.Redis.from_url(redis_server).flushdb()
+    web = Runtime(make_settings(tmp_path / "web-data", redis_server, fal_key="", embedded_worker=False))
+    worker = Runtime(make_settings(tmp_path / "other-data", redis_server, fal_key=""))
+    try:
+        photo = tmp_path / "cup.png"
+        photo.write_bytes(png())
+        job = web.service.create_job([Upload("cup.png", photo)], model="local/relief")
+        with caplog.at_level(logging.ERROR, logger="image2model.worker.runner"):
+            worker.start_consumer()
+            done = wait_done(web.service, job.id, timeout=60)
+        (item,) = done.items
+        assert item.error is not None and item.error.code == "input_missing", item.error
+        assert "DATA_DIR" in item.error.message and "other-data" not in item.error.message  # no paths to users
+        assert any("other-data" in r.getMessage() and "DATA_DIR" in r.getMessage() for r in caplog.records)
+    finally:
+        worker.close()
+        web.close()

@@ -424,6 +424,14 @@ class ItemRunner:
     def _prepare_run(self, job: Job, item: Item, worker: str) -> LiveItemRun:
         spec = catalog()[job.model]
         inputs_dir = self.files.inputs_dir(job.id)
+        missing = [name for name in item.inputs if not (inputs_dir / name).is_file()]
+        if missing and not item.may_be_paid:  # most often a worker whose DATA_DIR is not the web app's
+            log.error("input file missing: %s (DATA_DIR here is %s; it must be the folder the web app "
+                      "uses, shared by every machine)", inputs_dir / missing[0], self.settings.data_dir,
+                      extra={"job_id": job.id, "item": item.index})
+            raise AppError("input_missing", "This photo's file is not where the worker looks for it: the "
+                           "server's workers do not share its storage (DATA_DIR). Whoever runs it can see "
+                           "the details in the worker's log.", 500)
         return LiveItemRun(
             store=self.store, files=self.files, settings=self.settings, job_id=job.id, index=item.index,
             worker=worker, spec=spec, job=job,
