@@ -137,6 +137,7 @@ def test_admin_routes_refuse_anyone_without_the_key(live_server_factory, backend
     with httpx.Client(base_url=server.url) as client:
         answer = client.get("/admin")
         assert answer.status_code == 307 and answer.headers["location"] == "admin/"
+        assert client.head("/admin").status_code == 307  # as GET (a 404 before; found from outside)
         page = client.get("/admin/")
         assert page.status_code == 200 and "auth_required" in page.text and "adm-cards" not in page.text
         for path in ("/admin/config", "/admin/gradio_api/info", "/admin/gradio_api/openapi.json"):

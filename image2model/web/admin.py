@@ -114,7 +114,7 @@ def mount_admin(app: FastAPI, runtime: Runtime, security: ApiSecurity) -> gr.Blo
     otherwise answer every path under it."""
     app.add_middleware(LoginThrottle, security=security)
 
-    @app.get(ADMIN_PATH, include_in_schema=False)
+    @app.api_route(ADMIN_PATH, methods=["GET", "HEAD"], include_in_schema=False)
     def admin_without_slash() -> RedirectResponse:
         # a mount at /admin only matches /admin/...; relative, so it works under a proxy prefix
         return RedirectResponse("admin/", status_code=307)
