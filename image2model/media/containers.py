@@ -82,9 +82,12 @@ def _inflate(inflater: zlib._Decompress, f: BinaryIO, length: int) -> int:
         data = _read(f, min(length, 1 << 16))
         length -= len(data)
         try:
-            while data and not inflater.eof:
-                out += len(inflater.decompress(data, INFLATE_STEP))
+            while not inflater.eof:
+                piece = len(inflater.decompress(data, INFLATE_STEP))
+                out += piece
                 data = inflater.unconsumed_tail
+                if not data and piece < INFLATE_STEP:  # a full piece may have more waiting
+                    break
         except zlib.error as exc:
             raise Incomplete(f"the pixel data does not inflate: {exc}") from None
     f.seek(length, 1)
