@@ -285,6 +285,11 @@ def test_the_page_says_the_store_is_away_and_catches_up_after_a_redis_restart(  
         notice = page.locator("#notice")
         wait_for(page, lambda: STORE_AWAY[:40] in notice.inner_text(), 20, "the note that the store is away")
         assert "Something went wrong" not in notice.inner_text()
+        page.reload()  # opened again during the outage: the same calm note, and it follows the job
+        page.wait_for_selector("#generate")
+        notice = page.locator("#notice")
+        wait_for(page, lambda: STORE_AWAY[:40] in notice.inner_text(), 20, "the note after a reload")
+        assert "Redis" not in page.content() and "Error" not in notice.inner_text()
         own_redis["proc"] = start_redis(own_redis["port"], own_redis["dir"])
         wait_states(page, {"Done"}, 1, timeout=60)
         wait_for(page, lambda: not notice.is_visible(), 10, "the note to go once the store is back")

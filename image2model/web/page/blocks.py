@@ -21,6 +21,7 @@ import gradio as gr
 from image2model.errors import AppError
 from image2model.examples import EXAMPLES
 from image2model.jobs.model import OPEN_OWNER
+from image2model.jobs.store import StoreUnavailable
 from image2model.media.images import browser_preview
 from image2model.providers.catalog import LOCAL_MODEL, ModelSpec, catalog
 from image2model.providers.local import CPU_COUNT, NOTHING_STOOD_OUT
@@ -66,6 +67,7 @@ WATCH_EVERY = 0.75  # seconds between refreshes of elapsed times while nothing e
 NOT_FOUND = "That job was not found; it may have expired."
 STORE_AWAY = ("The server has lost touch with its job store for a moment. Your photos are still being "
               "worked on; this page catches up by itself when it is back.")
+STORE_AWAY_NOW = "The server has lost touch with its job store for a moment; please try again in a minute."
 SEEN_LABEL = "What the model saw"
 # Clicks the hidden download button once its file is there (nothing when making it failed).
 DOWNLOAD_NOW_JS = """() => {
@@ -443,20 +445,28 @@ class Page:
                 gr.update(choices=recent_choices(updated), value=None)]
 
     def on_load(self, stored: Any, request: gr.Request) -> list[Any]:
-        """Re-attach to ?job=<id>, and drop expired jobs from the recent list."""
-        kept = still_there(self.service, stored)
-        choices = gr.update(choices=recent_choices(kept), value=None)
+        """Re-attach to ?job=<id>, and drop expired jobs from the recent list. With the job
+        store away, follow the job anyway (the watcher says so, and catches up) and keep the
+        list as it is."""
         query = dict(request.query_params) if request else {}
         job_id = job_from_query(query)
-        if (query.get("job") and not job_id) or (job_id and not self.job_exists(job_id)):
-            return ["", note(NOT_FOUND), kept, choices]
+        try:
+            kept = still_there(self.service, stored)
+            choices = gr.update(choices=recent_choices(kept), value=None)
+            if (query.get("job") and not job_id) or (job_id and not self.job_exists(job_id)):
+                return ["", note(NOT_FOUND), kept, choices]
+        except StoreUnavailable:
+            return [job_id or "", note(STORE_AWAY if job_id else STORE_AWAY_NOW, "info"), gr.skip(), gr.skip()]
         return [job_id, note(""), kept, choices]
 
     def open_recent(self, job_id: str | None) -> list[Any]:
         if not job_id:  # the list was opened and closed without a choice
             return [gr.skip(), gr.skip()]
-        if not self.job_exists(job_id):
-            return [gr.skip(), note(NOT_FOUND)]
+        try:
+            if not self.job_exists(job_id):
+                return [gr.skip(), note(NOT_FOUND)]
+        except StoreUnavailable:
+            return [job_id, note(STORE_AWAY, "info")]  # the watcher catches up when it is back
         return [job_id, note("")]
 
     def job_exists(self, job_id: str) -> bool:
