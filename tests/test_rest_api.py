@@ -224,6 +224,9 @@ def test_a_full_queue_is_a_503_that_says_what_still_fits(live_server_factory, ba
     do not fit, 1 does; the refused upload leaves nothing behind."""
     server = live_server_factory(fal_key="", embedded_worker=False, max_waiting_images=3, **OPEN_LIMITS)
     with httpx.Client(base_url=server.url, timeout=30) as client:
+        # more than the queue may ever hold: said so, not "0 photos are waiting" (found from outside)
+        assert_error(post_images(client, [(f"{n}.png", png(n)) for n in range(4)]), 503, "queue_full",
+                     "at most 3 photos at a time", "3 or fewer")
         first = post_images(client, [("a.png", png(1)), ("b.png", png(2))])
         assert first.status_code == 202, first.text
         refused = post_images(client, [("c.png", png(3)), ("d.png", png(4))])

@@ -297,9 +297,12 @@ class JobService:
         waiting = self.store.queued_count()
         if waiting + count > limit:
             room = max(0, limit - waiting)
+            if waiting == 0:  # the job alone is bigger than the queue may ever hold
+                raise AppError("queue_full", f"This server queues at most {limit} photo{'s' if limit != 1 else ''} "
+                               f"at a time; please send {limit} or fewer.", 503, {"waiting": 0, "limit": limit})
             more = f" Up to {room} photo{'s' if room != 1 else ''} would fit now." if room else ""
             raise AppError("queue_full", f"This server is busy: {waiting} photos are already waiting their turn "
-                           f"(the limit is {limit}).{more} Please try again in a few minutes.", 503,
+                           f"and yours would pass the limit of {limit}.{more} Please try again in a few minutes.", 503,
                            {"waiting": waiting, "limit": limit})
 
     def _reserve_spending(self, job_id: str, count: int) -> None:
