@@ -260,21 +260,25 @@ def test_access_log_modes_on_a_real_server(live_server_factory, backend, mode: s
     access.addHandler(handler)
     access.setLevel(logging.INFO)
     missing = f"/api/v1/status/tasks/{'0' * 32}"
+    handle = f"/api/v1/download/{'0' * 32}.secret-handle-token/a.glb"  # a task handle in the path
     try:
         server = live_server_factory(access_log=mode)
         assert httpx.get(f"{server.url}/health").status_code == 200
         assert httpx.get(f"{server.url}{missing}?token=secret-token").status_code == 404
+        assert httpx.get(f"{server.url}{handle}").status_code in (401, 404)
     finally:
         access.removeHandler(handler)
         access.setLevel(old_level)
     events = events_in("logfmt", out.getvalue())
-    logged = {(e["path"], e["status"]) for e in events}
-    expected = {"errors": {(missing, "404")}, "all": {("/health", "200"), (missing, "404")}, "off": set()}
+    logged = {e["path"] for e in events}
+    hidden = f"/api/v1/download/{'0' * 32}.(token)/a.glb"
+    expected = {"errors": {missing, hidden}, "all": {"/health", missing, hidden}, "off": set()}
     assert logged == expected[mode], events
     for event in events:
         assert event["level"] == "info" and event["method"] == "GET" and float(str(event["duration_ms"])) >= 0
         assert str(event["client"]).startswith("127.0.0.1:") and event["logger"] == "image2model.access"
     assert "secret-token" not in out.getvalue(), "a job token in the query string must not be logged"
+    assert "secret-handle-token" not in out.getvalue(), "a task handle's token must not be logged (found from outside)"
 
 
 def test_a_server_error_is_a_warning_and_a_success_makes_no_record() -> None:

@@ -5,17 +5,19 @@ against 2,040 requests a second, wrk on one uvicorn worker). This middleware dec
 response's first message: with `errors` (the default) a request answered below 400 makes no
 record at all (as fast as `off`); 4xx is logged at info level, 5xx at warning. uvicorn's own
 access log is off (app.py). The path is logged without its query string, which can
-hold a job token (`?token=`).
+hold a job token (`?token=`), and with a task handle's token (`<job id>.<token>`) hidden.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 log = logging.getLogger("image2model.access")
+TASK_HANDLE = re.compile(r"(/[0-9a-f]{32})\.[^/]+")  # <job id>.<token>: keep the id, hide the token
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -56,7 +58,7 @@ class AccessLog:
     @staticmethod
     def _log(scope: Scope, status: int, started: float) -> None:
         client = scope.get("client")
-        method, path = scope.get("method", ""), scope.get("path", "")
+        method, path = scope.get("method", ""), TASK_HANDLE.sub(r"\1.(token)", scope.get("path", ""))
         log.log(logging.WARNING if status >= 500 else logging.INFO, "%s %s %d", method, path, status, extra={
             "method": method, "path": path, "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
