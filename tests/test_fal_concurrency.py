@@ -100,6 +100,25 @@ def test_a_stopping_process_hands_its_watched_requests_back(runtime_factory, fak
     assert len(fake_fal.submits) == 3
 
 
+def test_graceful_stops_never_use_up_a_photos_attempts(runtime_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
+    """Found from outside (sixth round): each graceful stop counted as a lost worker, so the
+    third restart failed a photo FAL was still making (worker_lost). Four stops in a row: the
+    photo resumes its one request each time and is made."""
+    fake_fal.set_latency(0.1, 6.0)
+    runtime = runtime_factory(workers=2, max_item_attempts=3)
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="fal-ai/trellis")
+    for _ in range(4):
+        wait_until(lambda: runtime.service.get(job.id).items[0].state == ItemState.RUNNING
+                   and runtime.service.get(job.id).items[0].request_id, timeout=30)
+        runtime.stop_consumer()
+        paused = runtime.service.get(job.id).items[0]
+        assert paused.state == ItemState.QUEUED and paused.attempts == 0, (paused.state, paused.attempts)
+        runtime.start_consumer()
+    done = wait_done(runtime.service, job.id)
+    assert done.state == JobState.SUCCEEDED, [i.error for i in done.items]
+    assert len(fake_fal.submits) == 1
+
+
 def test_a_sigtermed_consumer_hands_its_watched_requests_back(settings_factory, fake_fal, tmp_path) -> None:  # noqa: ANN001
     """A `huey_consumer` told to stop (SIGTERM) while FAL runs its photos: its shutdown hook
     puts them back on the queue at once, instead of leaving them for the reaper."""

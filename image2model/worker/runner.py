@@ -263,6 +263,8 @@ class ItemRunner:
             self._finish(job.id, index, None, ItemState.FAILED, "Failed",
                          error=ItemError("worker_lost", "The worker processing this image stopped "
                                          f"{item.attempts} times; giving up."), expect=[ItemState.QUEUED])
+            log.warning("item failed: its workers were lost %d times", item.attempts,
+                        extra={**ctx, "code": "worker_lost"})
             return False
         if self.stopping.is_set():
             self.enqueue(job.id, index, item.turn)  # leave it for the next process
@@ -488,9 +490,13 @@ class ItemRunner:
                 step = lambda: provider.run(run)  # noqa: E731
 
     def _hand_back(self, job_id: str, index: int, worker: str) -> None:
-        """Shutdown: the item goes back on the queue with its FAL request id, to be resumed."""
+        """Shutdown: the item goes back on the queue with its FAL request id, to be resumed.
+        A graceful stop is no crash: the attempt it took is given back (MAX_ITEM_ATTEMPTS
+        counts workers lost), so a server restarted many times never fails a photo."""
+        held = self.store.item(job_id, index)
         back = self.store.update_item(
             job_id, index, {"state": ItemState.QUEUED, "worker": None,
+                            "attempts": max(0, (held.attempts if held else 1) - 1),
                             "message": "Paused while the server restarts; it will resume"},
             expect_state=[ItemState.RUNNING], expect_worker=worker,
         )
@@ -577,6 +583,8 @@ class ItemRunner:
             if item.attempts >= self.settings.max_item_attempts:
                 self._finish(job_id, item.index, item.worker, ItemState.FAILED, "Failed", error=ItemError(
                     "worker_lost", f"The worker processing this image stopped {item.attempts} times; giving up."))
+                log.warning("item failed: its workers were lost %d times", item.attempts,
+                            extra={**ctx, "code": "worker_lost"})
                 continue
             back = self.store.update_item(
                 job_id, item.index,
