@@ -341,6 +341,9 @@ def test_openapi_documents_every_route_with_response_models(client) -> None:  # 
             if status.startswith("4") or status.startswith("5"):
                 schema = response["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/ErrorEnvelope"}, (method, path, status)
+    # every route that reads the job store says it may answer 503 store_unavailable (found from outside)
+    for method, path in expected - {("get", "/health"), ("get", "/api/v1/health/"), ("get", "/api/v1/models")}:
+        assert "503" in spec["paths"][path][method]["responses"], (method, path)
     assert client.get("/docs").status_code == 200
 
 

@@ -223,7 +223,7 @@ def _job_routes(router: APIRouter, api: Api) -> None:
     for path, listed in (("/status/tasks/{task_id}", True), ("/status/tasks/{task_id}/status", False)):
         # the second: what clients of the original API call
         router.add_api_route(path, status, methods=["GET"], response_model=JobStatus, include_in_schema=listed,
-                             responses=errors(401, 404, 422, 429), summary="Job status")
+                             responses=errors(401, 404, 422, 429, 503), summary="Job status")
 
     @router.get("/status/tasks/{task_id}/stream", response_class=StreamingResponse, response_model=None,
                 summary="Job status as Server-Sent Events",
@@ -231,7 +231,7 @@ def _job_routes(router: APIRouter, api: Api) -> None:
                                  "description": "progress events, then completed, failed or cancelled; each "
                                                 "event's data is a JobStatus and its id the job's version"},
                            204: {"description": "The job is over and the client has its last event"},
-                           **errors(401, 404, 422, 429)})
+                           **errors(401, 404, 422, 429, 503)})
     async def stream(task_id: str, caller: Caller = Depends(reader),
                      token: str | None = Query(None, description=TOKEN_HELP),
                      last_event_id: str | None = Header(None, alias="Last-Event-ID")) -> Response:
@@ -239,12 +239,12 @@ def _job_routes(router: APIRouter, api: Api) -> None:
         return _event_stream(api, job, last_event_id)
 
     @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobStatus,
-                 responses=errors(401, 404, 422, 429), summary="Cancel a job")
+                 responses=errors(401, 404, 422, 429, 503), summary="Cancel a job")
     def cancel(job_id: str, caller: Caller = Depends(any_caller)) -> dict:
         job = api.own_job(job_id, caller)
         return api.service.status(api.service.cancel(job.id, caller.owner_filter))
 
-    @router.delete("/jobs/{job_id}", response_model=DeleteResponse, responses=errors(401, 404, 422, 429),
+    @router.delete("/jobs/{job_id}", response_model=DeleteResponse, responses=errors(401, 404, 422, 429, 503),
                    summary="Delete a job and its files")
     async def delete(job_id: str, caller: Caller = Depends(any_caller)) -> dict:
         job = await run_in_threadpool(api.own_job, job_id, caller)
@@ -326,7 +326,7 @@ def _download_routes(router: APIRouter, api: Api) -> None:
     file_caller = api.security.dependency(key_required=False)
     token_query = Query(None, description=TOKEN_HELP)
 
-    @router.get("/download/{job_id}/all", response_model=DownloadList, responses=errors(401, 404, 422, 429),
+    @router.get("/download/{job_id}/all", response_model=DownloadList, responses=errors(401, 404, 422, 429, 503),
                 summary="List a job's result files", tags=["downloads"])
     def list_files(request: Request, job_id: str, caller: Caller = Depends(file_caller),
                    token: str | None = token_query) -> dict:
@@ -337,7 +337,7 @@ def _download_routes(router: APIRouter, api: Api) -> None:
                 summary="All result files as one ZIP (streamed)", tags=["downloads"],
                 responses={200: {"content": {"application/zip": {"schema": {"type": "string",
                                                                              "format": "binary"}}},
-                                 "description": "A ZIP of every result file"}, **errors(401, 404, 422, 429)})
+                                 "description": "A ZIP of every result file"}, **errors(401, 404, 422, 429, 503)})
     def zip_all(request: Request, job_id: str, caller: Caller = Depends(file_caller),
                 token: str | None = token_query) -> Response:
         return downloads.zip_response(api.runtime.files, api.downloadable_job(job_id, caller, token),
@@ -369,7 +369,7 @@ def _download_routes(router: APIRouter, api: Api) -> None:
     binary = {"schema": {"type": "string", "format": "binary"}}
     file_responses = {200: {"content": {t: binary for t in MODEL_TYPES}, "description": "The file (or its conversion)"},
                       206: {"description": "Part of the file (Range)"}, 304: {"description": "Not modified"},
-                      **errors(400, 401, 404, 416, 422, 429)}
+                      **errors(400, 401, 404, 416, 422, 429, 503)}
     router.add_api_route("/download/{job_id}/{filename}", download, methods=["GET"], response_model=None,
                          response_class=Response, responses=file_responses, summary="Download a result file",
                          tags=["downloads"])
