@@ -295,6 +295,24 @@ def test_cleanup_removes_old_jobs_and_their_files(runtime_factory, fake_fal, tmp
     assert runtime.files.job_dir(fresh.id).is_dir()
 
 
+def test_an_expired_job_goes_within_a_minute_not_at_the_next_full_sweep(runtime_factory, tmp_path) -> None:  # noqa: ANN001
+    """Found from outside (sixth round): expired jobs' files stayed, and were served by Gradio,
+    up to 15 minutes past RETENTION_HOURS. Expiry now runs every minute of housekeeping."""
+    from image2model.worker.housekeeping import CLEANUP_SECONDS, EXPIRE_SECONDS, Housekeeper
+
+    runtime = runtime_factory(fal_key="", retention_hours=0.01)  # 36 s
+    keeper = Housekeeper(runtime.runner, runtime.store, runtime.settings, 1)
+    now = time.time()
+    keeper.tick(now)  # a full sweep now
+    job = runtime.service.create_job(uploads_for(tmp_path, ["a.png"]), model="local/relief")
+    wait_done(runtime.service, job.id)
+    later = now + 36 + EXPIRE_SECONDS + 1
+    assert later - now < CLEANUP_SECONDS
+    keeper.tick(later)
+    assert not runtime.files.job_dir(job.id).exists(), "the expired job waited for the full sweep"
+    assert job.id not in runtime.store.all_job_ids()
+
+
 def test_offline_model_runs_without_a_fal_key(runtime_factory, tmp_path) -> None:  # noqa: ANN001
     runtime = runtime_factory(fal_key="")
     models = {m["id"]: m for m in runtime.service.models()}

@@ -23,7 +23,8 @@ from image2model.worker.runner import ItemRunner
 
 log = logging.getLogger(__name__)
 
-CLEANUP_SECONDS = 900.0
+EXPIRE_SECONDS = 60.0  # expired jobs go within a minute of RETENTION_HOURS (one indexed query)
+CLEANUP_SECONDS = 900.0  # the full sweep: every job folder checked against the store
 
 
 class Housekeeper:
@@ -36,6 +37,7 @@ class Housekeeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_cleanup = 0.0
+        self._last_expiry = 0.0
         self._started_at = time.time()
         self._reap_from = 0.0  # after an outage, live workers get time to speak up again
 
@@ -73,9 +75,12 @@ class Housekeeper:
                 self._reap_from = now + self.settings.worker_ttl_seconds + self.settings.reap_seconds
             if now >= self._reap_from:
                 self.runner.reap(now)
-            if now - self._last_cleanup >= CLEANUP_SECONDS:
-                self._last_cleanup = now
-                self.runner.cleanup(now)
+            if now - self._last_expiry >= EXPIRE_SECONDS:
+                self._last_expiry = now
+                full = now - self._last_cleanup >= CLEANUP_SECONDS
+                if full:
+                    self._last_cleanup = now
+                self.runner.cleanup(now, full=full)
         except StoreUnavailable as exc:
             store_outage.failed(exc)
             self._reap_from = -1.0  # an outage: hold the reaper when it ends

@@ -641,14 +641,19 @@ class ItemRunner:
                           request_id=item.request_id, fal_key=key)
         provider.cancel(run)
 
-    def cleanup(self, now: float | None = None) -> list[str]:
-        """Delete jobs and files older than the retention period, and orphaned files."""
+    def cleanup(self, now: float | None = None, full: bool = True) -> list[str]:
+        """Delete jobs and files older than the retention period; with `full`, also orphaned
+        files (a folder scan, so less often)."""
         now = now or time.time()
         removed = []
         for job_id in self.store.job_ids_created_before(now - self.settings.retention_seconds):
             self.files.delete_job(job_id)
             self.store.delete(job_id)
             removed.append(job_id)
+        if not full:
+            if removed:
+                log.info("cleanup removed %d expired jobs", len(removed))
+            return removed
         for job_id in self.files.job_ids():
             directory = self.files.job_dir(job_id)
             young = now - directory.stat().st_mtime < 600  # a job being created has files first
