@@ -341,6 +341,8 @@ def test_openapi_documents_every_route_with_response_models(client) -> None:  # 
             if status.startswith("4") or status.startswith("5"):
                 schema = response["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/ErrorEnvelope"}, (method, path, status)
+    for path in ("/health", "/ready", "/api/v1/health/", "/api/v1/health"):  # HEAD as load balancers probe
+        assert client.head(path).status_code == 200, path
     # every route that reads the job store says it may answer 503 store_unavailable (found from outside)
     for method, path in expected - {("get", "/health"), ("get", "/api/v1/health/"), ("get", "/api/v1/models")}:
         assert "503" in spec["paths"][path][method]["responses"], (method, path)

@@ -440,6 +440,8 @@ def _health_routes(app: FastAPI, api: Api) -> None:
     for path, listed in ((f"{API_PREFIX}/health/", True), (f"{API_PREFIX}/health", False)):
         app.add_api_route(path, original_health, methods=["GET"], response_model=OriginalHealth, tags=["health"],
                           include_in_schema=listed, summary="Alive (the original API's health check)")
+        app.add_api_route(path, original_health, methods=["HEAD"], include_in_schema=False)
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # load balancers probe so
 
     @app.get("/ready", response_model=Ready, responses=errors(503), tags=["health"],
              summary="Store, queue and data directory usable")
@@ -462,6 +464,8 @@ def _health_routes(app: FastAPI, api: Api) -> None:
             failing = [READY_WORDS[name] for name, ok in checks.items() if not ok]
             raise AppError("not_ready", f"Not ready: {'; '.join(failing)}.", 503, body)
         return {"status": "ready", **body}
+
+    app.add_api_route("/ready", ready, methods=["HEAD"], include_in_schema=False)
 
 
 READY_WORDS = {"store": "the job store is unreachable", "queue": "the work queue is unreachable",
