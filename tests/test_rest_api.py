@@ -163,6 +163,7 @@ def test_conversions_on_demand(client, finished_job) -> None:  # noqa: ANN001
     assert obj.status_code == 200 and obj.headers["content-type"] == "application/zip"
     archive = zipfile.ZipFile(io.BytesIO(obj.content))
     assert "shoe.obj" in archive.namelist()
+    assert {info.external_attr >> 16 for info in archive.infolist()} == {0o100644}, "unzips readable"
     mtl = archive.read("shoe.mtl").decode().splitlines()
     texture = next(line.split()[1] for line in mtl if line.startswith("map_Kd"))
     assert texture in archive.namelist()
@@ -183,6 +184,8 @@ def test_zip_of_all_results_is_streamed(server, client, finished_job) -> None:  
     archive = zipfile.ZipFile(io.BytesIO(data))
     listed = client.get(f"/api/v1/download/{finished_job}/all").json()["files"]
     assert sorted(archive.namelist()) == sorted(f["filename"] for f in listed)
+    # unzipped, each is a file anyone can read, not 0600 as on the server (found from outside)
+    assert {info.external_attr >> 16 for info in archive.infolist()} == {0o100644}
     for name in archive.namelist():
         assert archive.read(name) == server.runtime.files.result_path(finished_job, name).read_bytes()
 

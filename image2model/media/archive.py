@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -15,6 +16,15 @@ from pathlib import Path
 from image2model.storage import make_unique
 
 CHUNK = 256 * 1024
+FILE_MODE = 0o100644 << 16  # entries unzip as plain readable files (results are 0600 on disk)
+
+
+def entry(name: str, path: Path | None = None) -> zipfile.ZipInfo:
+    """A ZIP entry named `name` (dated like `path`, else now) that unzips readable: without
+    this, Python's zipfile gives it 0600, and unzip makes a file only its owner can read."""
+    info = zipfile.ZipInfo.from_file(path, name) if path else zipfile.ZipInfo(name, time.localtime()[:6])
+    info.external_attr = FILE_MODE
+    return info
 
 
 class _Pipe:
@@ -52,11 +62,11 @@ def zip_results(paths: Sequence[Path]) -> Iterator[bytes]:
     pipe = _Pipe()
     with zipfile.ZipFile(pipe, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:  # type: ignore[arg-type]
         for path, arcname in zip(paths, _arcnames(paths)):
-            info = zipfile.ZipInfo.from_file(path, arcname)
+            info = entry(arcname, path)
             info.compress_type = zipfile.ZIP_STORED
-            with open(path, "rb") as source, archive.open(info, "w", force_zip64=True) as entry:
+            with open(path, "rb") as source, archive.open(info, "w", force_zip64=True) as sink:
                 while block := source.read(CHUNK):
-                    entry.write(block)
+                    sink.write(block)
                     if data := pipe.take():
                         yield data
             if data := pipe.take():

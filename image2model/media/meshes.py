@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from image2model.errors import AppError
+from image2model.media.archive import entry
 
 if TYPE_CHECKING:  # trimesh (and SciPy under it) is about 58 MB of RSS, loaded on first use
     import trimesh
@@ -64,9 +65,9 @@ def convert(path: Path, fmt: str) -> tuple[bytes, str, str]:
         text, textures = files if isinstance(files, tuple) else (files, {})
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(f"{stem}.obj", text)
+            archive.writestr(entry(f"{stem}.obj"), text, zipfile.ZIP_DEFLATED)
             for name, data in textures.items():
-                archive.writestr(name, data)
+                archive.writestr(entry(name), data, zipfile.ZIP_DEFLATED)
         return buffer.getvalue(), f"{stem}.obj.zip", CONVERSIONS[fmt]
     if fmt == "ply":
         _texture_as_vertex_colours(scene)
