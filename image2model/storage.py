@@ -172,14 +172,16 @@ class FileStore:
             raise
         return size
 
-    def remove_abandoned(self, pid_gone: Callable[[int], bool], now: float | None = None) -> list[Path]:
-        """Remove the temp files of writers that died (a kill mid-download or mid-upload): the
-        half-written results and the uploads being received; returns what went."""
+    def remove_abandoned(self, pid_gone: Callable[[int], bool], now: float | None = None,
+                         results: bool = True) -> list[Path]:
+        """Remove the temp files of writers that died (a kill mid-upload or mid-download): the
+        uploads being received and, with `results`, the half-written results (a scan of every
+        job folder); returns what went."""
         now = now or time.time()
-        found = (abandoned(self.root.glob(f"*/results/{PART_PREFIX}*"), PART_PREFIX, pid_gone, now,
-                           STALE_PART_SECONDS)
-                 + abandoned(self.incoming.glob(f"{UPLOAD_PREFIX}*"), UPLOAD_PREFIX, pid_gone, now,
-                             STALE_UPLOAD_SECONDS))
+        found = abandoned(self.incoming.glob(f"{UPLOAD_PREFIX}*"), UPLOAD_PREFIX, pid_gone, now, STALE_UPLOAD_SECONDS)
+        if results:
+            found += abandoned(self.root.glob(f"*/results/{PART_PREFIX}*"), PART_PREFIX, pid_gone, now,
+                               STALE_PART_SECONDS)
         for path in found:
             path.unlink(missing_ok=True)
         return found

@@ -99,11 +99,11 @@ class LoginThrottle:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] == "http" and scope["method"] == "POST"
                 and scope["path"].rstrip("/").endswith(f"{ADMIN_PATH}/login")):
-            request = Request(scope)
+            address = self.security.address(Request(scope))
             try:
-                await self.security.count(f"ip:{self.security.address(request)}", ("login",), LOGIN_REFUSAL)
+                await self.security.count(f"ip:{address}", ("login",), LOGIN_REFUSAL)
             except AppError as exc:
-                log.warning("admin login refused: too many tries from %s", self.security.address(request))
+                log.warning("admin login refused: too many tries from %s", address)
                 await app_error_response(exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

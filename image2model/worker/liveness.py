@@ -48,6 +48,11 @@ def known_dead(process: str) -> bool:
     return pid_gone(host, int(pid_text))
 
 
+def pid_gone_here(pid: int) -> bool:
+    """`pid_gone` for a process of this host (a temp file's writer, storage.abandoned)."""
+    return pid_gone(socket.gethostname(), pid)
+
+
 def pid_gone(host: str, pid: int) -> bool:
     """True when `pid` on `host` is certainly not running (only this host can tell)."""
     if host != socket.gethostname() or pid == os.getpid():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -32,7 +31,7 @@ from image2model.sealing import KeyUnreadable
 from image2model.storage import FileStore
 from image2model.units import duration_text
 from image2model.worker.heartbeats import CancelFlags, Heartbeats
-from image2model.worker.liveness import known_dead, owner_process, pid_gone, worker_name
+from image2model.worker.liveness import known_dead, owner_process, pid_gone_here, worker_name
 from image2model.outage import store_outage
 
 log = logging.getLogger(__name__)
@@ -260,11 +259,7 @@ class ItemRunner:
             self._finish(job.id, index, None, ItemState.CANCELLED, "Cancelled", expect=[ItemState.QUEUED])
             return False
         if item.attempts >= self.settings.max_item_attempts:
-            self._finish(job.id, index, None, ItemState.FAILED, "Failed",
-                         error=ItemError("worker_lost", "The worker processing this image stopped "
-                                         f"{item.attempts} times; giving up."), expect=[ItemState.QUEUED])
-            log.warning("item failed: its workers were lost %d times", item.attempts,
-                        extra={**ctx, "code": "worker_lost"})
+            self._give_up(job.id, item, None, ctx, expect=[ItemState.QUEUED])
             return False
         if self.stopping.is_set():
             self.enqueue(job.id, index, item.turn)  # leave it for the next process
@@ -534,6 +529,13 @@ class ItemRunner:
         except StoreUnavailable as exc:
             store_outage.failed(exc)
 
+    def _give_up(self, job_id: str, item: Item, worker: str | None, ctx: dict[str, Any],
+                 expect: list[ItemState] | None = None) -> None:
+        """MAX_ITEM_ATTEMPTS workers lost on this item (graceful stops do not count): fail it."""
+        self._finish(job_id, item.index, worker, ItemState.FAILED, "Failed", expect=expect, error=ItemError(
+            "worker_lost", f"The worker processing this image stopped {item.attempts} times; giving up."))
+        log.warning("item failed: its workers were lost %d times", item.attempts, extra={**ctx, "code": "worker_lost"})
+
     def _fail(self, job_id: str, index: int, worker: str, code: str, message: str) -> None:
         self._finish(job_id, index, worker, ItemState.FAILED, "Failed", error=ItemError(code, message))
         log.warning("item failed: %s", message, extra={"job_id": job_id, "item": index, "code": code})
@@ -581,10 +583,7 @@ class ItemRunner:
                     self._cancel_remote(job, item)
                 continue
             if item.attempts >= self.settings.max_item_attempts:
-                self._finish(job_id, item.index, item.worker, ItemState.FAILED, "Failed", error=ItemError(
-                    "worker_lost", f"The worker processing this image stopped {item.attempts} times; giving up."))
-                log.warning("item failed: its workers were lost %d times", item.attempts,
-                            extra={**ctx, "code": "worker_lost"})
+                self._give_up(job_id, item, item.worker, ctx)
                 continue
             back = self.store.update_item(
                 job_id, item.index,
@@ -660,7 +659,7 @@ class ItemRunner:
             if not young and self.store.version(job_id) is None:
                 self.files.delete_job(job_id)
                 removed.append(job_id)
-        for path in self.files.remove_abandoned(lambda pid: pid_gone(socket.gethostname(), pid), now):
+        for path in self.files.remove_abandoned(pid_gone_here, now):
             log.info("removed a half-written file left by a stopped process: %s", path.name)
         if removed:
             log.info("cleanup removed %d jobs", len(removed))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 from datetime import UTC, datetime
 from collections.abc import Callable
@@ -45,7 +44,7 @@ from image2model.web.security import API_PREFIX, ApiSecurity, Caller, install_se
 from image2model.web.tokens import JobTokens
 from image2model.web.rest.sse import Watchers, job_events, parse_last_event_id, stream_is_over
 from image2model.web.rest.uploads import ReceivedForm, UploadLimits, receive_form
-from image2model.worker.liveness import pid_gone
+from image2model.worker.liveness import pid_gone_here
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +133,10 @@ def build_api(app: FastAPI, runtime: Runtime) -> None:
     app.state.rest_api = api  # for operators and tests: open streams, limiter, keys in use
     install_error_handlers(app)
     install_security(app, settings, runtime.files.root, job_owner(runtime))
-    left = runtime.files.remove_abandoned(lambda pid: pid_gone(socket.gethostname(), pid))
-    if left:  # a process killed mid-upload or mid-download; the housekeeper sweeps on from here
-        log.info("removed %d temp files left by stopped processes", len(left))
+    # uploads only: the web's own temp files (workers' housekeeping sweeps both, from its start)
+    left = runtime.files.remove_abandoned(pid_gone_here, results=False)
+    if left:
+        log.info("removed %d upload files left by stopped processes", len(left))
     router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
     _job_routes(router, api)
     _download_routes(router, api)
