@@ -2,9 +2,11 @@
 
 Pure CPU (numpy, scipy, OpenCV, Pillow, trimesh); no model weights, no network. The pipeline:
 
-1. Separate the object (separation.py, segmentation.py): the alpha channel if the image
-   has a meaningful one; otherwise the best-scoring of background removal grown in from
-   the border and GrabCut seedings; a whole-frame plate when nothing stands out.
+1. Separate the object (separation.py, segmentation.py, focus.py): the alpha channel if
+   the image has a meaningful one; background removal grown in from the border when the
+   border is plain; the sharp subject of a close-up against a blurred background; else the
+   best-scoring of background removal and GrabCut seedings; a whole-frame plate when
+   nothing stands out.
 2. Choose the shape (revolve.py): an object whose outline is mirror-symmetric about an
    upright axis (a cup, a vase, a bottle) is spun round that axis, as deep as it is wide;
    what sticks out of the spun body (a handle) and every other object is puffed up.

@@ -3,9 +3,10 @@
 The border-colour method only works on a plain backdrop. On a photo (a cup on a wooden
 table, a cat, a person in a room) GrabCut separates far better, but it needs seeds and can
 settle on the wrong thing, so several seedings are tried and each resulting mask is scored
-on what an object mask looks like: a sensible size, compact, not hugging the frame, a
-colour distribution unlike the rest of the photo, and an outline that follows edges in the
-photo. No model weights are involved.
+on what an object mask looks like: a sensible size, compact, not hugging the frame (beyond
+what a subject cut by one side does), a colour distribution unlike the rest of the photo,
+and an outline that follows edges in the photo. No model weights are involved. A close-up
+that fills the frame is found another way (focus.py, separation.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from scipy import ndimage
+
+from image2model.providers.relief import focus
 
 cv2.setNumThreads(1)  # an item gets one core (providers/local.py CPU_SLOTS); no thread pool of its own
 
@@ -46,40 +49,58 @@ def grabcut_candidates(rgb: np.ndarray, seed: np.ndarray | None,
     (default: `rgb`'s size).
 
     `rgb` is float 0..1 (h, w, 3); `seed` is the border-colour method's mask, if any.
-    Seedings: that mask, or without one a saliency map (colour unlike the border) weighted
-    by a centre prior; a centred rectangle, and one open at the bottom for things cut by
-    the frame. Each GrabCut run is a tenth to a sixth of a second: no more seedings than
-    win somewhere (on the scikit-image set, saliency never beat the mask it resembles).
+    Seedings: that mask, or without one background along the top only (a portrait: the
+    person runs off the bottom and the lower sides); a centred rectangle, and one open at the
+    bottom for things cut by the frame. Each GrabCut run is a tenth to a sixth of a second:
+    no more seedings than win somewhere (a saliency seeding, tried before the top one, won
+    nowhere on the scikit-image set).
     """
-    h, w = rgb.shape[:2]
-    scale = min(1.0, GRABCUT_SIDE / max(h, w))
-    size = (max(8, round(w * scale)), max(8, round(h * scale)))
-    small = cv2.resize((rgb * 255).astype(np.uint8), size, interpolation=cv2.INTER_AREA)
+    small = _grabcut_copy(rgb)
     bgr = np.ascontiguousarray(small[..., ::-1])
     sh, sw = small.shape[:2]
+    size = (sw, sh)
 
     seeds: list[np.ndarray] = []
     if seed is not None and seed.any():
         seed_small = cv2.resize(seed.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
         seeds.append(_seed_from_mask(seed_small))
-    else:  # saliency is colour unlike the border's: what that mask already found, if there is one
-        seeds.append(_seed_from_saliency(_saliency(small.astype(np.float32) / 255.0)))
+    else:  # no backdrop all round: perhaps above, behind a subject cut by the bottom (a portrait)
+        seeds.append(_seed_from_side(small.shape, "top"))
     my, mx = max(1, round(0.05 * sh)), max(1, round(0.05 * sw))
     for bottom in (sh - my, sh):  # inside the frame; or standing on (cut by) its bottom edge
         rect = np.full((sh, sw), cv2.GC_BGD, np.uint8)
         rect[my:bottom, mx:sw - mx] = cv2.GC_PR_FGD
         seeds.append(rect)
 
-    masks = []
-    for init in seeds:
-        labels = _grabcut(bgr, init)
-        if labels is None:
-            continue
-        fg = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
-        out_h, out_w = (out_shape or rgb.shape)[:2]
-        up = cv2.resize(fg, (out_w, out_h), interpolation=cv2.INTER_LINEAR) >= 0.5
-        masks.append(up)
-    return masks
+    masks = (_object_mask(_grabcut(bgr, init), out_shape or rgb.shape) for init in seeds)
+    return [mask for mask in masks if mask is not None]
+
+
+def grabcut_from_side(rgb: np.ndarray, side: str, out_shape: tuple[int, ...]) -> np.ndarray | None:
+    """GrabCut told only that a strip along one side (focus.SIDES) is background.
+
+    For a close-up whose subject runs off the other sides: every seeding above marks the
+    whole frame edge as background, so it can only find a patch inside the subject.
+    """
+    small = _grabcut_copy(rgb)
+    return _object_mask(_grabcut(np.ascontiguousarray(small[..., ::-1]), _seed_from_side(small.shape, side)), out_shape)
+
+
+def _grabcut_copy(rgb: np.ndarray) -> np.ndarray:
+    """The 8-bit copy GrabCut runs on, GRABCUT_SIDE on its long side."""
+    h, w = rgb.shape[:2]
+    scale = min(1.0, GRABCUT_SIDE / max(h, w))
+    size = (max(8, round(w * scale)), max(8, round(h * scale)))
+    return cv2.resize((rgb * 255).astype(np.uint8), size, interpolation=cv2.INTER_AREA)
+
+
+def _object_mask(labels: np.ndarray | None, out_shape: tuple[int, ...]) -> np.ndarray | None:
+    """GrabCut's (probable) object, at `out_shape`, its outline smoothly resampled."""
+    if labels is None:
+        return None
+    fg = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
+    out_h, out_w = out_shape[:2]
+    return cv2.resize(fg, (out_w, out_h), interpolation=cv2.INTER_LINEAR) >= 0.5
 
 
 def _grabcut(bgr: np.ndarray, init: np.ndarray) -> np.ndarray | None:
@@ -106,34 +127,11 @@ def _seed_from_mask(mask: np.ndarray) -> np.ndarray:
     return init
 
 
-def _seed_from_saliency(saliency: np.ndarray) -> np.ndarray:
-    """Probable object where saliency is high, probable background elsewhere, frame edge background."""
-    init = np.full(saliency.shape, cv2.GC_PR_BGD, np.uint8)
-    top = float(saliency.max())
-    init[saliency >= max(0.5 * top, float(np.quantile(saliency, 0.6)))] = cv2.GC_PR_FGD
-    init[saliency >= 0.85 * top] = cv2.GC_FGD  # the most salient spot is surely the object
-    init[_ring(saliency.shape, 2)] = cv2.GC_BGD
+def _seed_from_side(shape: tuple[int, ...], side: str) -> np.ndarray:
+    """Background along one side of the frame only; the rest is GrabCut's to decide."""
+    init = np.full(shape[:2], cv2.GC_PR_FGD, np.uint8)
+    init[focus.side_strip(shape, side, 0.05)] = cv2.GC_BGD
     return init
-
-
-def _saliency(rgb: np.ndarray) -> np.ndarray:
-    """Colour distance (Lab) from the nearest of a few border colours, times a centre prior.
-
-    Things unlike every colour along the frame's edge, near the middle, are what a photo
-    is usually of.
-    """
-    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
-    lab = cv2.GaussianBlur(lab, (0, 0), 2.0)
-    h, w = lab.shape[:2]
-    edge = lab[_ring((h, w), max(2, round(0.04 * min(h, w))))]
-    k = min(6, len(edge))
-    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 10, 1.0)
-    cv2.setRNGSeed(0)  # k-means++ draws its start (per-thread RNG): keep the result repeatable
-    _, _, centres = cv2.kmeans(edge.astype(np.float32), k, None, criteria, 1, cv2.KMEANS_PP_CENTERS)
-    dist = np.min(np.linalg.norm(lab[:, :, None, :] - centres[None, None, :, :], axis=-1), axis=-1)
-    yy, xx = np.mgrid[0:h, 0:w]
-    prior = np.exp(-(((xx / w - 0.5) / 0.35) ** 2 + ((yy / h - 0.5) / 0.35) ** 2))
-    return dist * prior
 
 
 def score(mask: np.ndarray, rgb: np.ndarray) -> float:
@@ -149,11 +147,25 @@ def score(mask: np.ndarray, rgb: np.ndarray) -> float:
     if not (MIN_FRACTION <= fraction <= MAX_FRACTION):
         return 0.0
     contrast = _contrast(mask, rgb)
-    sides = sorted([mask[0].mean(), mask[-1].mean(), mask[:, 0].mean(), mask[:, -1].mean()])
-    contact = float(np.mean(sides[:3]))
+    contact = _contact(mask)
     small = min(1.0, fraction / PREFERRED_FRACTION) ** 0.5  # a photo is rarely of a tiny detail
     edges = float(np.clip((edge_strength(mask, rgb) - 1.2) / 0.8, 0.0, 1.0))  # 1 at twice the average
     return contrast * _solidity(mask) * (1.0 - contact) * small * edges
+
+
+def _contact(mask: np.ndarray) -> float:
+    """How much of the frame's edge the mask covers (0..1), forgiving what a subject standing
+    on, or cut by, one side does: that side, and the halves of the sides next to it nearest
+    to it (a portrait's shoulders run off the frame near its bottom corners)."""
+    half_h, half_w = mask.shape[0] // 2, mask.shape[1] // 2
+    sides = {"top": mask[0], "bottom": mask[-1], "left": mask[:, 0], "right": mask[:, -1]}
+    near = {"top": {"left": mask[half_h:, 0], "right": mask[half_h:, -1]},
+            "bottom": {"left": mask[:half_h, 0], "right": mask[:half_h, -1]},
+            "left": {"top": mask[0, half_w:], "bottom": mask[-1, half_w:]},
+            "right": {"top": mask[0, :half_w], "bottom": mask[-1, :half_w]}}
+    forgiven = max(sides, key=lambda side: float(sides[side].mean()))
+    rest = [float(near[forgiven].get(side, edge).mean()) for side, edge in sides.items() if side != forgiven]
+    return float(np.mean(rest))
 
 
 def _contrast(mask: np.ndarray, rgb: np.ndarray) -> float:

@@ -1,4 +1,5 @@
-"""Finding the object: the alpha channel; else background removal from the border or GrabCut
+"""Finding the object: the alpha channel; else background removal from the border when the
+border is plain; else a close-up's sharp subject (focus.py); else background removal or GrabCut
 (segmentation.py), whichever looks most like an object; else none (the whole frame)."""
 
 from __future__ import annotations
@@ -11,11 +12,22 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from image2model.providers.relief import segmentation
+from image2model.providers.relief import focus, segmentation
 from image2model.providers.relief.loading import shrink
 
 # A border-colour mask scoring this well is a plain backdrop: taken as it is, no GrabCut.
 BACKDROP_SCORE = 0.6
+# A border whose colour model fits this share of it is a backdrop (a night sky, a wall):
+# what its colour does not reach is the object, however thin (a rocket between towers,
+# which GrabCut trades for a patch of sky). Below, the border is a mix (a uniform below, a
+# flag above) and GrabCut's candidates compete.
+PLAIN_BORDER = 0.8
+# A candidate holding NESTED_SHARE of the best one and scoring NESTED_SCORE of it is preferred.
+NESTED_SHARE, NESTED_SCORE = 0.9, 0.9
+# A close-up's subject may fill nearly all the frame but must leave some background, and
+# its outline must run along edges at least as strong as the photo's average.
+CLOSEUP_MAX_FRACTION = 0.97
+CLOSEUP_MIN_EDGES = 1.0
 
 
 @dataclass(frozen=True)
@@ -54,25 +66,75 @@ def separate(src: Image.Image, resolution: int, tolerance: float, background: st
             return Separation(mask, "alpha", holes=_sizeable(mask & ~opaque, mask))
     rgb = np.asarray(small.convert("RGB"), dtype=np.float32) / 255.0
     found = _remove_background(rgb, tolerance)
-    seed = found[0] if found is not None and _plausible(found[0], 0.005) else None
+    seed = found.shape if found is not None and _plausible(found.shape, 0.005) else None
     # Candidates are judged on a smaller copy (scoring at full analysis size cost half the
     # time of a 12 MP photo and chose the same masks); only the winner is made at full size.
     judge = cv2.resize(rgb, segmentation.judging_size(rgb.shape), interpolation=cv2.INTER_AREA)
     candidates: list[segmentation.Candidate] = []
     if seed is not None:
         backdrop = segmentation.Candidate(seed, "background", segmentation.score(_resized(seed, judge.shape), judge))
-        if backdrop.score >= BACKDROP_SCORE:
-            return Separation(seed, "background", found[1], found[2])  # a plain backdrop: exact as it is
+        if backdrop.score >= BACKDROP_SCORE or _plain_border(found):
+            return Separation(seed, "background", found.colour, found.holes)  # a plain backdrop: exact as it is
         candidates.append(backdrop)
     for mask in segmentation.grabcut_candidates(rgb, seed, judge.shape):
         mask = keep_object(_clean(mask))
         candidates.append(segmentation.Candidate(mask, "grabcut", segmentation.score(mask, judge)))
-    best = max(candidates, key=lambda c: c.score, default=None)
+    best = _best(candidates)
+    closeup = _closeup(rgb, judge, best)
+    if closeup is not None:
+        return Separation(keep_object(_clean(_resized(closeup, rgb.shape))), "grabcut")
     if best is None or best.score <= 0.0 or (best.score < segmentation.MIN_SCORE and background != "remove"):
         return Separation(None, "full_frame")
     if best.source == "background" and found is not None:
-        return Separation(seed, best.source, found[1], found[2])
+        return Separation(seed, best.source, found.colour, found.holes)
     return Separation(keep_object(_clean(_resized(best.mask, rgb.shape))), best.source)
+
+
+def _best(candidates: list[segmentation.Candidate]) -> segmentation.Candidate | None:
+    """The top scorer, unless a bigger candidate holding it scores nearly as well (NESTED_SCORE).
+
+    The smaller of two nested masks is most often a part of the object (a suit without the
+    helmet its wearer holds), and the scores of such pairs differ by less than a photo's
+    JPEG compression moves them.
+    """
+    best = max(candidates, key=lambda c: c.score, default=None)
+    if best is None:
+        return None
+    holders = [c for c in candidates if c.mask.sum() > best.mask.sum() and c.score >= NESTED_SCORE * best.score
+               and (c.mask & best.mask).sum() >= NESTED_SHARE * best.mask.sum()]
+    return max(holders, key=lambda c: c.mask.sum(), default=best)
+
+
+def _plain_border(found: BorderGrown) -> bool:
+    """The border is one backdrop (PLAIN_BORDER) and left an object of a sensible size."""
+    return found.agreement >= PLAIN_BORDER and float(found.shape.mean()) >= segmentation.MIN_FRACTION
+
+
+def _closeup(rgb: np.ndarray, judge: np.ndarray, best: segmentation.Candidate | None) -> np.ndarray | None:
+    """The subject of a close-up with a blurred background, when the photo is one (focus.py).
+
+    Taken over the scored candidates, which cannot reach the frame's edge, when it is the
+    sharp part of the photo (MIN_FOCUS_RATIO times sharper than the rest, and sharper than
+    the best candidate's inside) and its outline follows an edge in the photo (a cut along
+    the horizon of a sky, sharp ground below, does not).
+    """
+    side = focus.defocused_side(judge)
+    if side is None:
+        return None
+    mask = segmentation.grabcut_from_side(rgb, side, judge.shape)
+    if mask is None:
+        return None
+    mask = keep_object(_clean(mask))
+    if not (segmentation.MIN_FRACTION <= mask.mean() <= CLOSEUP_MAX_FRACTION):
+        return None
+    fine = focus.fine_detail(judge)
+    ratio = focus.focus_ratio(mask, fine)
+    rival = focus.focus_ratio(best.mask, fine) if best is not None and best.score > 0 else 0.0
+    if ratio < focus.MIN_FOCUS_RATIO or ratio <= rival:
+        return None
+    if segmentation.edge_strength(mask, judge) < CLOSEUP_MIN_EDGES:
+        return None
+    return mask
 
 
 def _resized(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -94,14 +156,21 @@ def border(a: np.ndarray, width: int) -> np.ndarray:
     return ring
 
 
-def _remove_background(rgb: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+@dataclass(frozen=True)
+class BorderGrown:
+    """What growing the border's colour inward found (all bool, at the analysis size)."""
+    shape: np.ndarray  # the object: what the border's colour did not reach, cleaned, holes filled
+    colour: np.ndarray  # within it, the pixels truly unlike the border (the texture trusts only these)
+    holes: np.ndarray  # patches of the border's colour the object encloses (a handle's eye)
+    agreement: float  # share of the border the colour model fits: 1 for a plain backdrop
+
+
+def _remove_background(rgb: np.ndarray, tolerance: float) -> BorderGrown | None:
     """Object mask by growing the border's colour inward, or None if the border is not uniform.
 
-    Returns the cleaned shape mask; within it, the pixels not reached by the background
-    (the texture trusts only those); and the patches of background colour it encloses.
-
-    The background is modelled as a colour plane (constant plus linear gradient) fitted
-    to the border, so soft studio lighting gradients still count as background.
+    The background is modelled as a smooth colour surface (constant, linear and squared
+    terms) fitted to the border, so soft studio lighting and a sky brightening towards
+    the horizon still count as background.
     """
     h, w, _ = rgb.shape
     if min(h, w) < 4:
@@ -110,7 +179,8 @@ def _remove_background(rgb: np.ndarray, tolerance: float) -> tuple[np.ndarray, n
     ring = border(smooth, max(1, round(0.02 * min(h, w))))
     ys, xs = np.nonzero(ring)
     colours = smooth[ring]
-    design = np.column_stack([np.ones_like(xs, dtype=np.float32), xs / w - 0.5, ys / h - 0.5])
+    u, v = xs / w - 0.5, ys / h - 0.5
+    design = np.column_stack([np.ones_like(xs, dtype=np.float32), u, v, u * u, v * v])
     inliers = colour_distance(colours, np.median(colours, axis=0)) < 2 * tolerance
     for _ in range(2):
         if inliers.sum() < 3:
@@ -121,14 +191,15 @@ def _remove_background(rgb: np.ndarray, tolerance: float) -> tuple[np.ndarray, n
         return None  # the border is not one colour: a full-frame photo
 
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    background = coef[0] + (xx / w - 0.5)[..., None] * coef[1] + (yy / h - 0.5)[..., None] * coef[2]
+    uu, vv = (xx / w - 0.5)[..., None], (yy / h - 0.5)[..., None]
+    background = coef[0] + uu * coef[1] + vv * coef[2] + uu * uu * coef[3] + vv * vv * coef[4]
     close = colour_distance(smooth, background) < tolerance
     labels, _ = ndimage.label(close)
     touching = np.unique(labels[border(labels, 1)])
     touching = touching[touching > 0]
     obj = ~np.isin(labels, touching)
     shape = keep_object(_clean(obj))
-    return shape, shape & obj, _sizeable(shape & close, shape)
+    return BorderGrown(shape, shape & obj, _sizeable(shape & close, shape), float(inliers.mean()))
 
 
 def _sizeable(patches: np.ndarray, mask: np.ndarray) -> np.ndarray:
