@@ -46,14 +46,16 @@ def side_strip(shape: tuple[int, ...], side: str, share: float = STRIP) -> np.nd
     return strip
 
 
-def defocused_side(rgb: np.ndarray) -> str | None:
+def defocused_side(rgb: np.ndarray, fine: np.ndarray | None = None) -> str | None:
     """The side of the frame showing an out-of-focus background, or None.
 
     A side counts when its strip has little of the centre's fine detail but a good part of
-    its coarse structure; of several, the one with the least fine detail.
+    its coarse structure; of several, the one with the least fine detail. `fine` is
+    fine_detail(rgb), when the caller has it already.
     """
     h, w = rgb.shape[:2]
-    fine, coarse = fine_detail(rgb), coarse_structure(rgb)
+    fine = fine_detail(rgb) if fine is None else fine
+    coarse = coarse_structure(rgb)
     centre = (slice(h // 4, 3 * h // 4), slice(w // 4, 3 * w // 4))
     centre_fine, centre_coarse = float(fine[centre].mean()), float(coarse[centre].mean())
     if centre_fine <= 1e-6 or centre_coarse <= 1e-6:

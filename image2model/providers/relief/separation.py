@@ -118,7 +118,8 @@ def _closeup(rgb: np.ndarray, judge: np.ndarray, best: segmentation.Candidate | 
     the best candidate's inside) and its outline follows an edge in the photo (a cut along
     the horizon of a sky, sharp ground below, does not).
     """
-    side = focus.defocused_side(judge)
+    fine = focus.fine_detail(judge)
+    side = focus.defocused_side(judge, fine)
     if side is None:
         return None
     mask = segmentation.grabcut_from_side(rgb, side, judge.shape)
@@ -127,7 +128,6 @@ def _closeup(rgb: np.ndarray, judge: np.ndarray, best: segmentation.Candidate | 
     mask = keep_object(_clean(mask))
     if not (segmentation.MIN_FRACTION <= mask.mean() <= CLOSEUP_MAX_FRACTION):
         return None
-    fine = focus.fine_detail(judge)
     ratio = focus.focus_ratio(mask, fine)
     rival = focus.focus_ratio(best.mask, fine) if best is not None and best.score > 0 else 0.0
     if ratio < focus.MIN_FOCUS_RATIO or ratio <= rival:
