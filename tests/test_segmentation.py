@@ -89,11 +89,21 @@ def coverage(mask: np.ndarray, rough: np.ndarray) -> tuple[float, float]:
     return float((mask & rough).sum() / rough.sum()), float((mask & ~grown).sum() / max(mask.sum(), 1))
 
 
+# Framed tighter (8 % cut off each side), these two still fail (measured figures); strict, so a
+# fix shows up as XPASS and the mark must go.
+CROPPED_FAILURES = {
+    "astronaut": "the helmet at the new bottom edge is left out again (covers 64 %)",
+    "rocket": "the sky near the horizon, now cut by the frame, is a bigger piece than the rocket and is "
+              "kept instead (covers 0 %)",
+}
+
+
 @pytest.mark.parametrize("name", list(ROUGH))
-@pytest.mark.parametrize("variant", ["as-is", "jpeg", "mirrored"])
-def test_the_object_is_separated_on_ordinary_photos(name: str, variant: str) -> None:
-    """The photo as it is, re-saved as a JPEG as a phone would, and mirrored: a method tuned to
-    these five pictures' exact pixels or to which side their subject faces fails the others."""
+@pytest.mark.parametrize("variant", ["as-is", "jpeg", "mirrored", "cropped"])
+def test_the_object_is_separated_on_ordinary_photos(name: str, variant: str, request: pytest.FixtureRequest) -> None:
+    """The photo as it is, re-saved as a JPEG as a phone would, mirrored, and framed tighter: a
+    method tuned to these five pictures' exact pixels, to which side their subject faces or to
+    where the frame cuts them fails the others."""
     image, rough = photo(name), rough_mask(name, photo(name).size)
     if variant == "jpeg":
         buffer = io.BytesIO()
@@ -101,6 +111,11 @@ def test_the_object_is_separated_on_ordinary_photos(name: str, variant: str) -> 
         image = Image.open(buffer)
     elif variant == "mirrored":
         image, rough = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), rough[:, ::-1]
+    elif variant == "cropped":
+        if name in CROPPED_FAILURES:
+            request.applymarker(pytest.mark.xfail(reason=CROPPED_FAILURES[name], strict=True))
+        dx, dy = round(0.08 * image.width), round(0.08 * image.height)
+        image, rough = image.crop((dx, dy, image.width - dx, image.height - dy)), rough[dy:-dy, dx:-dx]
     result = generate_relief(image)
     assert result.mask_source not in ("full_frame", "alpha"), result.mask_source
     cover, outside = coverage(cutout_mask(result.cutout, image.size), rough)
@@ -200,3 +215,15 @@ def close_up(right: str) -> np.ndarray:
 @pytest.mark.parametrize(("right", "side"), [("blurred", "right"), ("flat", None), ("sharp", None)])
 def test_a_defocused_side_is_told_from_a_flat_or_sharp_one(right: str, side: str | None) -> None:
     assert defocused_side(close_up(right)) == side
+
+
+def test_a_cup_and_saucer_filling_the_frame_keep_the_saucer() -> None:
+    """Coffee framed to the saucer's rim: the border is part table, part saucer. A curved
+    backdrop surface fitted to such a mixed border bent through the saucer and left the cup
+    alone, so only a plain border gets one."""
+    box = (60, 0, 500, 330)
+    image = photo("coffee").crop(box)
+    rough = rough_mask("coffee", photo("coffee").size)[box[1]:box[3], box[0]:box[2]]
+    result = generate_relief(image)
+    cover, outside = coverage(cutout_mask(result.cutout, image.size), rough)
+    assert cover >= MIN_COVER and outside <= MAX_OUTSIDE, f"covers {cover:.0%}, {outside:.0%} outside"

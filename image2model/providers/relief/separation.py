@@ -22,12 +22,11 @@ BACKDROP_SCORE = 0.6
 # which GrabCut trades for a patch of sky). Below, the border is a mix (a uniform below, a
 # flag above) and GrabCut's candidates compete.
 PLAIN_BORDER = 0.8
+PLAIN_MIN_EDGES = 3.0  # objects on a backdrop: 4 to 24 on the photos tried; a cut through fur: 1.9
 # A candidate holding NESTED_SHARE of the best one and scoring NESTED_SCORE of it is preferred.
 NESTED_SHARE, NESTED_SCORE = 0.9, 0.9
-# A close-up's subject may fill nearly all the frame but must leave some background, and
-# its outline must run along edges at least as strong as the photo's average.
+# A close-up's subject may fill nearly all the frame but must leave some background.
 CLOSEUP_MAX_FRACTION = 0.97
-CLOSEUP_MIN_EDGES = 1.0
 
 
 @dataclass(frozen=True)
@@ -72,9 +71,12 @@ def separate(src: Image.Image, resolution: int, tolerance: float, background: st
     judge = cv2.resize(rgb, segmentation.judging_size(rgb.shape), interpolation=cv2.INTER_AREA)
     candidates: list[segmentation.Candidate] = []
     if seed is not None:
+        plain = _on_plain_border(rgb, judge, tolerance, found)
+        if plain is not None:
+            return plain
         backdrop = segmentation.Candidate(seed, "background", segmentation.score(_resized(seed, judge.shape), judge))
-        if backdrop.score >= BACKDROP_SCORE or _plain_border(found):
-            return Separation(seed, "background", found.colour, found.holes)  # a plain backdrop: exact as it is
+        if backdrop.score >= BACKDROP_SCORE:
+            return Separation(seed, "background", found.colour, found.holes)  # a clean cut-out: exact as it is
         candidates.append(backdrop)
     for mask in segmentation.grabcut_candidates(rgb, seed, judge.shape):
         mask = keep_object(_clean(mask))
@@ -105,18 +107,29 @@ def _best(candidates: list[segmentation.Candidate]) -> segmentation.Candidate | 
     return max(holders, key=lambda c: c.mask.sum(), default=best)
 
 
-def _plain_border(found: BorderGrown) -> bool:
-    """The border is one backdrop (PLAIN_BORDER) and left an object of a sensible size."""
-    return found.agreement >= PLAIN_BORDER and float(found.shape.mean()) >= segmentation.MIN_FRACTION
+def _on_plain_border(rgb: np.ndarray, judge: np.ndarray, tolerance: float, found: BorderGrown) -> Separation | None:
+    """On a plain border (PLAIN_BORDER), what a curved backdrop surface leaves: the object.
+
+    Unless its outline runs through texture rather than along edges (PLAIN_MIN_EDGES): then
+    the "plain" border was fur or grass that one colour surface happens to fit.
+    """
+    if found.agreement < PLAIN_BORDER:
+        return None
+    curved = _remove_background(rgb, tolerance, curved=True)
+    if curved is None or not _plausible(curved.shape, segmentation.MIN_FRACTION):
+        return None
+    if segmentation.edge_strength(_resized(curved.shape, judge.shape), judge) < PLAIN_MIN_EDGES:
+        return None
+    return Separation(curved.shape, "background", curved.colour, curved.holes)
 
 
 def _closeup(rgb: np.ndarray, judge: np.ndarray, best: segmentation.Candidate | None) -> np.ndarray | None:
     """The subject of a close-up with a blurred background, when the photo is one (focus.py).
 
     Taken over the scored candidates, which cannot reach the frame's edge, when it is the
-    sharp part of the photo (MIN_FOCUS_RATIO times sharper than the rest, and sharper than
-    the best candidate's inside) and its outline follows an edge in the photo (a cut along
-    the horizon of a sky, sharp ground below, does not).
+    sharp part of the photo: MIN_FOCUS_RATIO times sharper than the rest, and sharper than
+    the best candidate's inside (a flower on blurred leaves that does not fill the frame is
+    found better by the candidates). A fur cut-out's outline is soft, so no edge test.
     """
     fine = focus.fine_detail(judge)
     side = focus.defocused_side(judge, fine)
@@ -131,8 +144,6 @@ def _closeup(rgb: np.ndarray, judge: np.ndarray, best: segmentation.Candidate | 
     ratio = focus.focus_ratio(mask, fine)
     rival = focus.focus_ratio(best.mask, fine) if best is not None and best.score > 0 else 0.0
     if ratio < focus.MIN_FOCUS_RATIO or ratio <= rival:
-        return None
-    if segmentation.edge_strength(mask, judge) < CLOSEUP_MIN_EDGES:
         return None
     return mask
 
@@ -165,12 +176,13 @@ class BorderGrown:
     agreement: float  # share of the border the colour model fits: 1 for a plain backdrop
 
 
-def _remove_background(rgb: np.ndarray, tolerance: float) -> BorderGrown | None:
+def _remove_background(rgb: np.ndarray, tolerance: float, curved: bool = False) -> BorderGrown | None:
     """Object mask by growing the border's colour inward, or None if the border is not uniform.
 
-    The background is modelled as a smooth colour surface (constant, linear and squared
-    terms) fitted to the border, so soft studio lighting and a sky brightening towards
-    the horizon still count as background.
+    The background is modelled as a colour plane (constant plus linear gradient) fitted to
+    the border, so soft studio lighting gradients still count as background; `curved` adds
+    squared terms, for a sky brightening towards the horizon. Only a plain border gets
+    those: fitted to a mixed one, they bend through the middle of the photo.
     """
     h, w, _ = rgb.shape
     if min(h, w) < 4:
@@ -179,8 +191,7 @@ def _remove_background(rgb: np.ndarray, tolerance: float) -> BorderGrown | None:
     ring = border(smooth, max(1, round(0.02 * min(h, w))))
     ys, xs = np.nonzero(ring)
     colours = smooth[ring]
-    u, v = xs / w - 0.5, ys / h - 0.5
-    design = np.column_stack([np.ones_like(xs, dtype=np.float32), u, v, u * u, v * v])
+    design = _surface_terms(xs / w - 0.5, ys / h - 0.5, curved)
     inliers = colour_distance(colours, np.median(colours, axis=0)) < 2 * tolerance
     for _ in range(2):
         if inliers.sum() < 3:
@@ -191,8 +202,7 @@ def _remove_background(rgb: np.ndarray, tolerance: float) -> BorderGrown | None:
         return None  # the border is not one colour: a full-frame photo
 
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    uu, vv = (xx / w - 0.5)[..., None], (yy / h - 0.5)[..., None]
-    background = coef[0] + uu * coef[1] + vv * coef[2] + uu * uu * coef[3] + vv * vv * coef[4]
+    background = (_surface_terms((xx / w - 0.5).ravel(), (yy / h - 0.5).ravel(), curved) @ coef).reshape(h, w, -1)
     close = colour_distance(smooth, background) < tolerance
     labels, _ = ndimage.label(close)
     touching = np.unique(labels[border(labels, 1)])
@@ -200,6 +210,12 @@ def _remove_background(rgb: np.ndarray, tolerance: float) -> BorderGrown | None:
     obj = ~np.isin(labels, touching)
     shape = keep_object(_clean(obj))
     return BorderGrown(shape, shape & obj, _sizeable(shape & close, shape), float(inliers.mean()))
+
+
+def _surface_terms(u: np.ndarray, v: np.ndarray, curved: bool) -> np.ndarray:
+    """The terms of the background's colour surface at positions (u, v), -0.5..0.5."""
+    terms = [np.ones_like(u, dtype=np.float32), u, v] + ([u * u, v * v] if curved else [])
+    return np.column_stack(terms).astype(np.float32)
 
 
 def _sizeable(patches: np.ndarray, mask: np.ndarray) -> np.ndarray:
