@@ -49,9 +49,9 @@ def grabcut_candidates(rgb: np.ndarray, seed: np.ndarray | None,
     (default: `rgb`'s size).
 
     `rgb` is float 0..1 (h, w, 3); `seed` is the border-colour method's mask, if any.
-    Seedings: that mask, or without one background along the top only (a portrait: the
-    person runs off the bottom and the lower sides); a centred rectangle, and one open at the
-    bottom for things cut by the frame. Each GrabCut run is a tenth to a sixth of a second:
+    Seedings: that mask, or without one background along the top and the upper sides only
+    (a portrait: the person runs off the bottom and the lower sides); a centred rectangle,
+    and one open at the bottom for things cut by the frame. Each GrabCut run is a tenth to a sixth of a second:
     no more seedings than win somewhere (a saliency seeding, tried before the top one, won
     nowhere on the scikit-image set).
     """
@@ -65,7 +65,7 @@ def grabcut_candidates(rgb: np.ndarray, seed: np.ndarray | None,
         seed_small = cv2.resize(seed.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
         seeds.append(_seed_from_mask(seed_small))
     else:  # no backdrop all round: perhaps above, behind a subject cut by the bottom (a portrait)
-        seeds.append(_seed_from_side(small.shape, "top"))
+        seeds.append(_seed_for_portrait(small.shape))
     my, mx = max(1, round(0.05 * sh)), max(1, round(0.05 * sw))
     for bottom in (sh - my, sh):  # inside the frame; or standing on (cut by) its bottom edge
         rect = np.full((sh, sw), cv2.GC_BGD, np.uint8)
@@ -131,6 +131,16 @@ def _seed_from_side(shape: tuple[int, ...], side: str) -> np.ndarray:
     """Background along one side of the frame only; the rest is GrabCut's to decide."""
     init = np.full(shape[:2], cv2.GC_PR_FGD, np.uint8)
     init[focus.side_strip(shape, side, 0.05)] = cv2.GC_BGD
+    return init
+
+
+def _seed_for_portrait(shape: tuple[int, ...]) -> np.ndarray:
+    """Background along the top and the upper halves of the sides: a person (or anything
+    standing up close) runs off the bottom and the lower sides, as `_contact` forgives."""
+    init = _seed_from_side(shape, "top")
+    upper = np.zeros(shape[:2], dtype=bool)
+    upper[: shape[0] // 2] = True
+    init[upper & (focus.side_strip(shape, "left", 0.05) | focus.side_strip(shape, "right", 0.05))] = cv2.GC_BGD
     return init
 
 
