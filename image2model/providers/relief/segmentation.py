@@ -165,17 +165,16 @@ def score(mask: np.ndarray, rgb: np.ndarray) -> float:
 
 def _contact(mask: np.ndarray) -> float:
     """How much of the frame's edge the mask covers (0..1), forgiving what a subject standing
-    on, or cut by, one side does: that side, and the halves of the sides next to it nearest
-    to it (a portrait's shoulders run off the frame near its bottom corners)."""
-    half_h, half_w = mask.shape[0] // 2, mask.shape[1] // 2
+    on, or cut by, one side does: that side; and when it is the bottom, the lower halves of
+    the left and right sides too (a portrait's shoulders run off the frame near its bottom
+    corners). Other sides get no such allowance: a table filling a frame hugs one side and
+    runs along the two next to it."""
     sides = {"top": mask[0], "bottom": mask[-1], "left": mask[:, 0], "right": mask[:, -1]}
-    near = {"top": {"left": mask[half_h:, 0], "right": mask[half_h:, -1]},
-            "bottom": {"left": mask[:half_h, 0], "right": mask[:half_h, -1]},
-            "left": {"top": mask[0, half_w:], "bottom": mask[-1, half_w:]},
-            "right": {"top": mask[0, :half_w], "bottom": mask[-1, :half_w]}}
     forgiven = max(sides, key=lambda side: float(sides[side].mean()))
-    rest = [float(near[forgiven].get(side, edge).mean()) for side, edge in sides.items() if side != forgiven]
-    return float(np.mean(rest))
+    if forgiven == "bottom":
+        upper = mask.shape[0] // 2
+        sides["left"], sides["right"] = mask[:upper, 0], mask[:upper, -1]
+    return float(np.mean([float(edge.mean()) for side, edge in sides.items() if side != forgiven]))
 
 
 def _contrast(mask: np.ndarray, rgb: np.ndarray) -> float:

@@ -5,6 +5,7 @@ border is plain; else a close-up's sharp subject (focus.py); else background rem
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -115,12 +116,36 @@ def _on_plain_border(rgb: np.ndarray, judge: np.ndarray, tolerance: float, found
     """
     if found.agreement < PLAIN_BORDER:
         return None
-    curved = _remove_background(rgb, tolerance, curved=True)
+    curved = _remove_background(rgb, tolerance, curved=True, keep=_standing_piece)
     if curved is None or not _plausible(curved.shape, segmentation.MIN_FRACTION):
         return None
     if segmentation.edge_strength(_resized(curved.shape, judge.shape), judge) < PLAIN_MIN_EDGES:
         return None
     return Separation(curved.shape, "background", curved.colour, curved.holes)
+
+
+def _standing_piece(mask: np.ndarray) -> np.ndarray:
+    """On a backdrop, of the pieces clear of the top and the sides (they may stand on the
+    bottom) and at least half the largest piece's size, the one nearest the frame's centre,
+    holes filled; without such a piece, the largest.
+
+    A backdrop's surface fits less well where the frame cuts it: a patch of sky brightening
+    towards the horizon can be as big as a thin rocket standing in the middle.
+    """
+    mask = ndimage.binary_fill_holes(mask)
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    against_frame = set(np.unique(np.concatenate([labels[0], labels[:, 0], labels[:, -1]])).tolist())
+    standing = [i for i in range(1, count + 1) if i not in against_frame and sizes[i] >= 0.5 * sizes.max()]
+    if not standing:
+        return labels == int(np.argmax(sizes))
+    centres = ndimage.center_of_mass(mask, labels, standing)
+    h, w = mask.shape
+    off_centre = [abs(x / w - 0.5) + abs(y / h - 0.5) for y, x in centres]
+    return labels == standing[int(np.argmin(off_centre))]
 
 
 def _closeup(rgb: np.ndarray, judge: np.ndarray, best: segmentation.Candidate | None) -> np.ndarray | None:
@@ -176,13 +201,15 @@ class BorderGrown:
     agreement: float  # share of the border the colour model fits: 1 for a plain backdrop
 
 
-def _remove_background(rgb: np.ndarray, tolerance: float, curved: bool = False) -> BorderGrown | None:
+def _remove_background(rgb: np.ndarray, tolerance: float, curved: bool = False,
+                       keep: Callable[[np.ndarray], np.ndarray] | None = None) -> BorderGrown | None:
     """Object mask by growing the border's colour inward, or None if the border is not uniform.
 
     The background is modelled as a colour plane (constant plus linear gradient) fitted to
     the border, so soft studio lighting gradients still count as background; `curved` adds
     squared terms, for a sky brightening towards the horizon. Only a plain border gets
-    those: fitted to a mixed one, they bend through the middle of the photo.
+    those: fitted to a mixed one, they bend through the middle of the photo. `keep` picks
+    the object among what is left (by default keep_object: the largest piece).
     """
     h, w, _ = rgb.shape
     if min(h, w) < 4:
@@ -208,7 +235,7 @@ def _remove_background(rgb: np.ndarray, tolerance: float, curved: bool = False) 
     touching = np.unique(labels[border(labels, 1)])
     touching = touching[touching > 0]
     obj = ~np.isin(labels, touching)
-    shape = keep_object(_clean(obj))
+    shape = (keep or keep_object)(_clean(obj))
     return BorderGrown(shape, shape & obj, _sizeable(shape & close, shape), float(inliers.mean()))
 
 
