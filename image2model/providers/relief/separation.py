@@ -132,17 +132,14 @@ def _standing_piece(mask: np.ndarray) -> np.ndarray:
     A backdrop's surface fits less well where the frame cuts it: a patch of sky brightening
     towards the horizon can be as big as a thin rocket standing in the middle.
     """
-    mask = ndimage.binary_fill_holes(mask)
-    labels, count = ndimage.label(mask)
-    if count <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
+    labels, sizes = _pieces(mask)
+    if len(sizes) <= 2:  # one piece or none
+        return labels > 0
     against_frame = set(np.unique(np.concatenate([labels[0], labels[:, 0], labels[:, -1]])).tolist())
-    standing = [i for i in range(1, count + 1) if i not in against_frame and sizes[i] >= 0.5 * sizes.max()]
+    standing = [i for i in range(1, len(sizes)) if i not in against_frame and sizes[i] >= 0.5 * sizes.max()]
     if not standing:
         return labels == int(np.argmax(sizes))
-    centres = ndimage.center_of_mass(mask, labels, standing)
+    centres = ndimage.center_of_mass(labels > 0, labels, standing)
     h, w = mask.shape
     off_centre = [abs(x / w - 0.5) + abs(y / h - 0.5) for y, x in centres]
     return labels == standing[int(np.argmin(off_centre))]
@@ -272,11 +269,14 @@ def _clean(mask: np.ndarray) -> np.ndarray:
 
 def keep_object(mask: np.ndarray) -> np.ndarray:
     """Fill holes and keep the largest piece (object and background both 4-connected)."""
-    mask = ndimage.binary_fill_holes(mask)
-    labels, count = ndimage.label(mask)
-    if count <= 1:
-        return mask
+    labels, sizes = _pieces(mask)
+    return labels == int(np.argmax(sizes)) if len(sizes) > 2 else labels > 0
+
+
+def _pieces(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mask's pieces, holes filled: their labels (0 outside) and sizes by label (0 for 0)."""
+    labels, _ = ndimage.label(ndimage.binary_fill_holes(mask))
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    return labels == int(np.argmax(sizes))
+    return labels, sizes
 
