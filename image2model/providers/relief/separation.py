@@ -65,16 +65,18 @@ def separate(src: Image.Image, resolution: int, tolerance: float, background: st
                 return Separation(None, "full_frame")
             return Separation(mask, "alpha", holes=_sizeable(mask & ~opaque, mask))
     rgb = np.asarray(small.convert("RGB"), dtype=np.float32) / 255.0
-    found = _remove_background(rgb, tolerance)
-    seed = found.shape if found is not None and _plausible(found.shape, 0.005) else None
     # Candidates are judged on a smaller copy (scoring at full analysis size cost half the
     # time of a 12 MP photo and chose the same masks); only the winner is made at full size.
     judge = cv2.resize(rgb, segmentation.judging_size(rgb.shape), interpolation=cv2.INTER_AREA)
+    fit = _fit_border(ndimage.gaussian_filter(rgb, sigma=(1.0, 1.0, 0.0), mode="nearest"), tolerance)
+    plain = _on_plain_border(judge, tolerance, fit) if fit is not None else None
+    if plain is not None:
+        return plain
+    # A border less than half of which fits one colour is no backdrop: a full-frame photo.
+    found = _grow_border(fit, tolerance) if fit is not None and fit.agreement >= 0.5 else None
+    seed = found.shape if found is not None and _plausible(found.shape, 0.005) else None
     candidates: list[segmentation.Candidate] = []
     if seed is not None:
-        plain = _on_plain_border(rgb, judge, tolerance, found)
-        if plain is not None:
-            return plain
         backdrop = segmentation.Candidate(seed, "background", segmentation.score(_resized(seed, judge.shape), judge))
         if backdrop.score >= BACKDROP_SCORE:
             return Separation(seed, "background", found.colour, found.holes)  # a clean cut-out: exact as it is
@@ -108,16 +110,19 @@ def _best(candidates: list[segmentation.Candidate]) -> segmentation.Candidate | 
     return max(holders, key=lambda c: c.mask.sum(), default=best)
 
 
-def _on_plain_border(rgb: np.ndarray, judge: np.ndarray, tolerance: float, found: BorderGrown) -> Separation | None:
+def _on_plain_border(judge: np.ndarray, tolerance: float, fit: BorderFit) -> Separation | None:
     """On a plain border (PLAIN_BORDER), what a curved backdrop surface leaves: the object.
 
     Unless its outline runs through texture rather than along edges (PLAIN_MIN_EDGES): then
     the "plain" border was fur or grass that one colour surface happens to fit.
     """
-    if found.agreement < PLAIN_BORDER:
+    if fit.agreement < PLAIN_BORDER:
         return None
-    curved = _remove_background(rgb, tolerance, curved=True, keep=_standing_piece)
-    if curved is None or not _plausible(curved.shape, segmentation.MIN_FRACTION):
+    bent = _fit_border(fit.smooth, tolerance, curved=True)
+    if bent is None:
+        return None
+    curved = _grow_border(bent, tolerance, keep=_standing_piece)
+    if not _plausible(curved.shape, segmentation.MIN_FRACTION):
         return None
     if segmentation.edge_strength(_resized(curved.shape, judge.shape), judge) < PLAIN_MIN_EDGES:
         return None
@@ -190,6 +195,15 @@ def border(a: np.ndarray, width: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class BorderFit:
+    """A colour surface fitted to the frame's border: the backdrop as the border shows it."""
+    smooth: np.ndarray  # the photo, lightly blurred (what is compared with the surface)
+    coef: np.ndarray  # (terms, 3): the surface's colour per _surface_terms term
+    curved: bool
+    agreement: float  # share of the border the surface fits: 1 for a plain backdrop
+
+
+@dataclass(frozen=True)
 class BorderGrown:
     """What growing the border's colour inward found (all bool, at the analysis size)."""
     shape: np.ndarray  # the object: what the border's colour did not reach, cleaned, holes filled
@@ -198,48 +212,54 @@ class BorderGrown:
     agreement: float  # share of the border the colour model fits: 1 for a plain backdrop
 
 
-def _remove_background(rgb: np.ndarray, tolerance: float, curved: bool = False,
-                       keep: Callable[[np.ndarray], np.ndarray] | None = None) -> BorderGrown | None:
-    """Object mask by growing the border's colour inward, or None if the border is not uniform.
+def _fit_border(smooth: np.ndarray, tolerance: float, curved: bool = False) -> BorderFit | None:
+    """The backdrop's colour surface, fitted to the border of `smooth` (the photo, lightly
+    blurred) robustly, twice; None for a photo too small or a border with no agreement.
 
-    The background is modelled as a colour plane (constant plus linear gradient) fitted to
-    the border, so soft studio lighting gradients still count as background; `curved` adds
-    squared terms, for a sky brightening towards the horizon. Only a plain border gets
-    those: fitted to a mixed one, they bend through the middle of the photo. `keep` picks
-    the object among what is left (by default keep_object: the largest piece).
+    A colour plane (constant plus linear gradient), so soft studio lighting gradients still
+    count as background; `curved` adds squared terms, for a sky brightening towards the
+    horizon. Only a plain border gets those: fitted to a mixed one, they bend through the
+    middle of the photo.
     """
-    h, w, _ = rgb.shape
+    h, w, _ = smooth.shape
     if min(h, w) < 4:
         return None
-    smooth = ndimage.gaussian_filter(rgb, sigma=(1.0, 1.0, 0.0), mode="nearest")
     ring = border(smooth, max(1, round(0.02 * min(h, w))))
     ys, xs = np.nonzero(ring)
     colours = smooth[ring]
-    design = _surface_terms(xs / w - 0.5, ys / h - 0.5, curved)
+    design = np.column_stack(_surface_terms(xs / w - 0.5, ys / h - 0.5, curved))
     inliers = colour_distance(colours, np.median(colours, axis=0)) < 2 * tolerance
     for _ in range(2):
         if inliers.sum() < 3:
             return None
         coef, *_ = np.linalg.lstsq(design[inliers], colours[inliers], rcond=None)
         inliers = colour_distance(colours, design @ coef) < tolerance
-    if inliers.mean() < 0.5:
-        return None  # the border is not one colour: a full-frame photo
+    return BorderFit(smooth, coef.astype(np.float32), curved, float(inliers.mean()))
 
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    background = (_surface_terms((xx / w - 0.5).ravel(), (yy / h - 0.5).ravel(), curved) @ coef).reshape(h, w, -1)
+
+def _grow_border(fit: BorderFit, tolerance: float,
+                 keep: Callable[[np.ndarray], np.ndarray] | None = None) -> BorderGrown:
+    """Object mask by growing the fitted backdrop's colour in from the frame; `keep` picks
+    the object among what is left (by default keep_object: the largest piece)."""
+    smooth = fit.smooth
+    h, w = smooth.shape[:2]
+    u = (np.arange(w, dtype=np.float32) / w - 0.5)[None, :, None]
+    v = (np.arange(h, dtype=np.float32) / h - 0.5)[:, None, None]
+    # Term by term, broadcast: a matrix product here would start BLAS threads (an item gets one core).
+    background = sum(term * c for term, c in zip(_surface_terms(u, v, fit.curved), fit.coef))
     close = colour_distance(smooth, background) < tolerance
     labels, _ = ndimage.label(close)
     touching = np.unique(labels[border(labels, 1)])
     touching = touching[touching > 0]
     obj = ~np.isin(labels, touching)
     shape = (keep or keep_object)(_clean(obj))
-    return BorderGrown(shape, shape & obj, _sizeable(shape & close, shape), float(inliers.mean()))
+    return BorderGrown(shape, shape & obj, _sizeable(shape & close, shape), fit.agreement)
 
 
-def _surface_terms(u: np.ndarray, v: np.ndarray, curved: bool) -> np.ndarray:
-    """The terms of the background's colour surface at positions (u, v), -0.5..0.5."""
-    terms = [np.ones_like(u, dtype=np.float32), u, v] + ([u * u, v * v] if curved else [])
-    return np.column_stack(terms).astype(np.float32)
+def _surface_terms(u: np.ndarray, v: np.ndarray, curved: bool) -> list[np.ndarray]:
+    """The terms of the background's colour surface at positions (u, v), -0.5..0.5 (arrays
+    of one shape, or a row and a column that broadcast to the grid)."""
+    return [np.ones_like(u), u, v] + ([u * u, v * v] if curved else [])
 
 
 def _sizeable(patches: np.ndarray, mask: np.ndarray) -> np.ndarray:
