@@ -199,9 +199,10 @@ def test_operator_sees_jobs_workers_failures_and_deletes_a_job(
     assert done.state == JobState.SUCCEEDED and failed.state == JobState.FAILED
     error = failed.items[0].error
     assert error is not None
-    wait_for(page, lambda: row_of(page, done.id) and row_of(page, failed.id), "both jobs in the table")
-    assert row_of(page, done.id)[2:5] == ["local/relief", "succeeded", "1 / 1"]
-    assert row_of(page, failed.id)[2:5] == ["fal-ai/trellis", "failed", "1 / 1"]
+    # the table refreshes itself: a row first drawn while its job ran must come to show its end
+    wait_for(page, lambda: (row_of(page, done.id) or [])[2:5] == ["local/relief", "succeeded", "1 / 1"]
+             and (row_of(page, failed.id) or [])[2:5] == ["fal-ai/trellis", "failed", "1 / 1"],
+             "both jobs in the table, as they ended")
     wait_for(page, lambda: state_count(page, "succeeded") == 1 and state_count(page, "failed") == 1, "jobs by state")
     failures = wait_for(page, lambda: error.code in (t := page.locator("#adm-failures").inner_text()) and t,
                         "the failure group")

@@ -51,9 +51,9 @@ def grabcut_candidates(rgb: np.ndarray, seed: np.ndarray | None,
     `rgb` is float 0..1 (h, w, 3); `seed` is the border-colour method's mask, if any.
     Seedings: that mask, or without one background along the top and the upper sides only
     (a portrait: the person runs off the bottom and the lower sides); a centred rectangle,
-    and one open at the bottom for things cut by the frame. Each GrabCut run is a tenth to a sixth of a second:
-    no more seedings than win somewhere (a saliency seeding, tried before the top one, won
-    nowhere on the scikit-image set).
+    and one open at the bottom for things cut by the frame. Each GrabCut run is a tenth to
+    a sixth of a second: no more seedings than win somewhere (a saliency seeding, used
+    before the portrait one, won nowhere on the scikit-image set).
     """
     small = _grabcut_copy(rgb)
     bgr = np.ascontiguousarray(small[..., ::-1])
