@@ -209,12 +209,11 @@ class BorderGrown:
     shape: np.ndarray  # the object: what the border's colour did not reach, cleaned, holes filled
     colour: np.ndarray  # within it, the pixels truly unlike the border (the texture trusts only these)
     holes: np.ndarray  # patches of the border's colour the object encloses (a handle's eye)
-    agreement: float  # share of the border the colour model fits: 1 for a plain backdrop
 
 
 def _fit_border(smooth: np.ndarray, tolerance: float, curved: bool = False) -> BorderFit | None:
     """The backdrop's colour surface, fitted to the border of `smooth` (the photo, lightly
-    blurred) robustly, twice; None for a photo too small or a border with no agreement.
+    blurred) robustly, twice; None for a photo too small or too few border pixels to fit.
 
     A colour plane (constant plus linear gradient), so soft studio lighting gradients still
     count as background; `curved` adds squared terms, for a sky brightening towards the
@@ -253,7 +252,7 @@ def _grow_border(fit: BorderFit, tolerance: float,
     touching = touching[touching > 0]
     obj = ~np.isin(labels, touching)
     shape = (keep or keep_object)(_clean(obj))
-    return BorderGrown(shape, shape & obj, _sizeable(shape & close, shape), fit.agreement)
+    return BorderGrown(shape, shape & obj, _sizeable(shape & close, shape))
 
 
 def _surface_terms(u: np.ndarray, v: np.ndarray, curved: bool) -> list[np.ndarray]:
