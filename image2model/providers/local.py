@@ -11,10 +11,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from image2model.memory import release_free_memory
 from image2model.providers.base import WAITING_FOR_CPU, ItemRun, ProviderOutput
 from image2model.providers.build_pool import build, shared_pool
+
+if TYPE_CHECKING:  # the generator loads OpenCV and SciPy: not at import
+    from image2model.providers.relief.pipeline import ReliefResult
 
 # What the item says when no object could be separated (mask_source "full_frame").
 NOTHING_STOOD_OUT = ("Nothing stood out from the background, so the whole photo became a flat plate. "
@@ -38,6 +42,24 @@ class LocalReliefProvider:
         return cls(settings.offline_processes)
 
     def run(self, item: ItemRun) -> ProviderOutput:
+        try:
+            result, built_seconds = self._build(item)
+            item.write_file(item.model_target, [result.glb])
+            item.write_file(item.preview_target, [result.cutout])  # "what the model saw"
+        finally:
+            release_free_memory()
+        kept = item.params.get("background") == "keep"  # asked for the whole photo: nothing to explain
+        return ProviderOutput(
+            has_preview=True,
+            run_seconds=built_seconds,
+            extra_stats={"mask_source": result.mask_source, "shape": result.shape},
+            note=None if result.separated or kept else NOTHING_STOOD_OUT,
+        )
+
+    def _build(self, item: ItemRun) -> tuple[ReliefResult, float]:
+        """The build and its seconds, holding a core only while it runs: the next photo's
+        build starts while this one's files are written (two fsyncs that left a build
+        process idle)."""
         item.progress(2, WAITING_FOR_CPU)
         while not CPU_SLOTS.acquire(timeout=0.5):
             item.check_stop()
@@ -53,18 +75,9 @@ class LocalReliefProvider:
                 result = self.pool.build(item.inputs[0], dict(item.params), report, item.check_stop)
             else:
                 result = build(item.inputs[0], item.params, report)
-            item.write_file(item.model_target, [result.glb])
-            item.write_file(item.preview_target, [result.cutout])  # "what the model saw"
-            kept = item.params.get("background") == "keep"  # asked for the whole photo: nothing to explain
-            return ProviderOutput(
-                has_preview=True,
-                run_seconds=time.monotonic() - started,
-                extra_stats={"mask_source": result.mask_source, "shape": result.shape},
-                note=None if result.separated or kept else NOTHING_STOOD_OUT,
-            )
+            return result, time.monotonic() - started
         finally:
             CPU_SLOTS.release()
-            release_free_memory()
 
     def cancel(self, item: ItemRun) -> None:
         """Nothing remote to stop: the build stops at its next check."""
