@@ -7,6 +7,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 from image2model.jobs.model import ItemState, JobState
 from image2model.providers.base import WAITING_FOR_CPU
@@ -15,6 +18,7 @@ from tests.engine_helpers import uploads_for, wait_done, wait_until
 from image2model.jobs.service import Upload
 from tests.imagefactory import product_photo
 
+ROOT = Path(__file__).resolve().parent.parent
 BIG = (1600, 1200)
 SLOW = {"resolution": 512}  # a build of a second or two: long enough to be caught in the act
 
@@ -95,3 +99,22 @@ def test_deleting_a_job_during_its_build_leaves_nothing(runtime_factory, tmp_pat
         wait_until(lambda: runtime.runner.heartbeats.count() == 0, timeout=15)
     assert not runtime.files.job_dir(job.id).exists()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+def test_a_pooled_build_leaves_the_generator_out_of_the_asking_process(tmp_path) -> None:  # noqa: ANN001
+    """The result crosses the pipe as plain data: the web process that asked never loads the
+    generator, OpenCV or SciPy (unpickling the generator's own result type imported all three)."""
+    photo = product_photo((320, 240)).save(tmp_path)
+    script = f"""
+import sys
+from image2model.providers.build_pool import BuildPool
+pool = BuildPool(1)
+built = pool.build({str(photo)!r}, {{}}, lambda fraction, stage: None, lambda: None)
+pool.close()
+assert built.glb[:4] == b"glTF" and built.cutout[:4] == b"\\x89PNG" and built.separated, built.mask_source
+heavy = sorted(m for m in ("cv2", "scipy", "image2model.providers.relief.pipeline") if m in sys.modules)
+print("loaded:", heavy)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded: []" in done.stdout, done.stdout

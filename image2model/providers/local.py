@@ -11,14 +11,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from image2model.memory import release_free_memory
 from image2model.providers.base import WAITING_FOR_CPU, ItemRun, ProviderOutput
-from image2model.providers.build_pool import build, shared_pool
-
-if TYPE_CHECKING:  # the generator loads OpenCV and SciPy: not at import
-    from image2model.providers.relief.pipeline import ReliefResult
+from image2model.providers.build_pool import Built, build, shared_pool
 
 # What the item says when no object could be separated (mask_source "full_frame").
 NOTHING_STOOD_OUT = ("Nothing stood out from the background, so the whole photo became a flat plate. "
@@ -47,7 +43,8 @@ class LocalReliefProvider:
             item.write_file(item.model_target, [result.glb])
             item.write_file(item.preview_target, [result.cutout])  # "what the model saw"
         finally:
-            release_free_memory()
+            if self.pool is None:  # the build's arrays were this process's (a build process trims its own)
+                release_free_memory()
         kept = item.params.get("background") == "keep"  # asked for the whole photo: nothing to explain
         return ProviderOutput(
             has_preview=True,
@@ -56,7 +53,7 @@ class LocalReliefProvider:
             note=None if result.separated or kept else NOTHING_STOOD_OUT,
         )
 
-    def _build(self, item: ItemRun) -> tuple[ReliefResult, float]:
+    def _build(self, item: ItemRun) -> tuple[Built, float]:
         """The build and its seconds, holding a core only while it runs: the next photo's
         build starts while this one's files are written (two fsyncs that left a build
         process idle)."""
