@@ -1,11 +1,11 @@
-"""Check that a model file is a real mesh, describe it, and convert it to other formats."""
+"""Convert a finished model to other formats (its check and description: glb.py)."""
 
 from __future__ import annotations
 
 import io
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from image2model.errors import AppError
 from image2model.media.archive import entry
@@ -24,26 +24,6 @@ def load_scene(path: Path) -> trimesh.Scene:
     except Exception as exc:  # noqa: BLE001 - any parse failure means "not a usable model"
         raise AppError("invalid_model", f"The model file could not be read ({type(exc).__name__}).", 502) from exc
     return loaded
-
-
-def mesh_stats(path: Path) -> dict[str, Any]:
-    """Vertices, faces and bounds; AppError `invalid_model` when the file holds no mesh."""
-    import trimesh
-
-    scene = load_scene(path)
-    meshes = [g for g in scene.geometry.values() if isinstance(g, trimesh.Trimesh)]
-    vertices = sum(len(m.vertices) for m in meshes)
-    faces = sum(len(m.faces) for m in meshes)
-    if faces == 0:
-        raise AppError("invalid_model", "The model file contains no triangles.", 502)
-    extents = scene.extents
-    return {
-        "vertices": int(vertices),
-        "faces": int(faces),
-        "meshes": len(meshes),
-        "textured": any(getattr(m.visual, "kind", None) == "texture" for m in meshes),
-        "extents": [round(float(v), 4) for v in extents] if extents is not None else None,
-    }
 
 
 def convert(path: Path, fmt: str) -> tuple[bytes, str, str]:

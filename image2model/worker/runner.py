@@ -23,7 +23,7 @@ from image2model.jobs.endings import item_ended
 from image2model.jobs.fairness import Enqueue
 from image2model.jobs.store import JobStore, StoreUnavailable
 from image2model.logs import log_context
-from image2model.media.meshes import mesh_stats
+from image2model.media.glb import glb_stats
 from image2model.metrics import FAL_RUN, ITEM_RETRIES, OFFLINE_BUILD, QUEUE_WAIT
 from image2model.providers.base import ItemCancelled, ItemFailed, Provider, ProviderOutput, Watching
 from image2model.providers.catalog import ModelSpec, catalog
@@ -359,7 +359,7 @@ class ItemRunner:
 
     def _succeed(self, run: LiveItemRun, output: ProviderOutput) -> None:
         spec = run.spec
-        stats = mesh_stats(run.model_target)
+        stats = glb_stats(run.model_target)
         stats.update(output.extra_stats or {})
         files = [ResultFile(run.model_target.name, "model", run.model_target.stat().st_size, "model/gltf-binary")]
         if output.has_preview and run.preview_target.is_file():
