@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from functools import cached_property
 
 from huey import Huey
@@ -20,7 +21,7 @@ from image2model.sealing import Sealer, server_secret
 from image2model.storage import FileStore
 from image2model.worker.consumer import InProcessConsumer, start_embedded_consumer, stop_embedded_consumer
 from image2model.worker.housekeeping import Housekeeper
-from image2model.worker.queue import DEFER_SECONDS, item_priority, make_huey, pending_item_tasks
+from image2model.worker.queue import DEFER_SECONDS, enqueue_items, item_priority, make_huey, pending_item_tasks
 from image2model.worker.runner import ItemRunner
 from image2model.worker.tasks import Tasks, register_tasks
 
@@ -61,7 +62,10 @@ class Runtime:
         self._metrics_served = False
 
     def enqueue(self, job_id: str, index: int, turn: int | None = None) -> None:
-        self.tasks.run_item(job_id, index, turn, priority=item_priority(index, turn))
+        self.enqueue_many([(job_id, index, turn)])
+
+    def enqueue_many(self, entries: Sequence[tuple[str, int, int | None]]) -> None:
+        enqueue_items(self.huey, self.tasks.run_item, entries)
 
     def defer(self, job_id: str, index: int, turn: int | None = None) -> None:
         self.tasks.run_item.schedule(args=(job_id, index, turn), delay=DEFER_SECONDS,
@@ -89,7 +93,7 @@ class Runtime:
 
     @cached_property
     def service(self) -> JobService:
-        return JobService(self.store, self.files, self.settings, self.enqueue,
+        return JobService(self.store, self.files, self.settings, self.enqueue_many,
                           seal=self.seal_key)
 
     def start_consumer(self, workers: int | None = None) -> None:

@@ -11,7 +11,7 @@ import httpx
 from image2model.jobs.fairness import share_of
 from image2model.jobs.model import JobState
 from image2model.web.security import owner_id
-from image2model.worker.queue import pending_item_tasks
+from image2model.worker.queue import enqueue_items, pending_item_tasks
 from tests.engine_helpers import uploads_for, wait_done
 from tests.rest_helpers import png, post_images
 
@@ -49,6 +49,22 @@ def test_an_item_queued_again_keeps_its_place_by_position(runtime_factory, tmp_p
     runtime.enqueue(big, 1)  # as the reaper does: a second task is harmless
     taken = drain_queue(runtime)
     assert taken[:2] == [(big, 0), (small, 0)] and sorted(taken[2:]) == sorted([(big, 1), (big, 1), (big, 2)]), taken
+
+
+@BOTH
+def test_tasks_queued_together_keep_their_turns_and_their_order(runtime_factory, backend) -> None:  # noqa: ANN001
+    """A job's tasks go into the queue in one write (one transaction, one ZADD), so its photos
+    start together. Within the write, turns still decide, and equal turns keep the order they
+    were given in (here against the order of their job ids, which Redis sorts members by
+    after the score and the time stamp huey puts first)."""
+    runtime = runtime_factory(start_consumer=False, workers=1, fal_key="")
+    entries = [(f"job-{'zyxwvutsrqponmlkjihgfedcba'[n % 26]}{n:02d}", n % 3, n // 3) for n in range(40)]
+    enqueue_items(runtime.huey, runtime.tasks.run_item, entries)
+    priorities: dict = {}
+    taken = drain_queue(runtime, priorities)
+    expected = [(job_id, index) for job_id, index, _ in sorted(entries, key=lambda e: e[2])]  # stable: by turn
+    assert taken == expected, taken[:6]
+    assert {priorities[(job_id, index)] for job_id, index, turn in entries if turn == 5} == {-5}
 
 
 def drain_queue(runtime, priorities: dict | None = None) -> list[tuple[str, int]]:  # noqa: ANN001

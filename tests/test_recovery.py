@@ -67,15 +67,12 @@ from image2model.config import get_settings
 from image2model.jobs.service import Upload
 from image2model.runtime import Runtime
 runtime = Runtime(get_settings())
-real = runtime.service.enqueue
-calls = []
-def enqueue_then_die(job_id, index, turn):
-    if calls:
-        print(job_id, flush=True)
-        os._exit(9)  # killed in the middle of the enqueue loop
-    calls.append(index)
-    real(job_id, index, turn)
-runtime.service.enqueue = enqueue_then_die
+real = runtime.service.enqueue_many
+def enqueue_then_die(entries):
+    real(entries[:1])  # one task queued, the others not: as a crash between two writes leaves it
+    print(entries[0][0], flush=True)
+    os._exit(9)
+runtime.service.enqueue_many = enqueue_then_die
 paths = sys.argv[1:]
 runtime.service.create_job([Upload(Path(p).name, Path(p)) for p in paths], model="local/relief")
 """

@@ -385,15 +385,15 @@ def test_the_upload_answers_before_its_items_are_queued_and_a_lost_queueing_lose
     and the reaper queues its items when they have waited ORPHAN_GRACE_SECONDS with no task."""
     server = live_server_factory(fal_key="", **OPEN_LIMITS)
     service = server.runtime.service
-    real, failed = service.enqueue, []
+    real, failed = service.enqueue_many, []
 
-    def enqueue_fails_once(job_id: str, index: int, turn: int | None) -> None:
+    def enqueue_fails_once(entries: list[tuple[str, int, int | None]]) -> None:
         if not failed:
-            failed.append(job_id)
+            failed.append(entries[0][0])
             raise ConnectionError("the queue went away")
-        real(job_id, index, turn)
+        real(entries)
 
-    service.enqueue = enqueue_fails_once
+    service.enqueue_many = enqueue_fails_once
     with httpx.Client(base_url=server.url, timeout=30) as client:
         response = post_images(client, [("late.png", png(3)), ("later.png", png(4))])
     assert response.status_code == 202, response.text

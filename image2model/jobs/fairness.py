@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from image2model.jobs.model import Item
 
 Enqueue = Callable[[str, int, "int | None"], None]  # (job id, item index, its turn; None: its index)
+EnqueueMany = Callable[[Sequence[tuple[str, int, "int | None"]]], None]  # many of those at once
 Waiting = list[tuple[str, str, Item]]  # (job id, its share, item) of every waiting item
 
 

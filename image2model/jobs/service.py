@@ -21,7 +21,7 @@ from image2model.config import Settings
 from image2model.errors import AppError, disk_full_error, is_disk_full
 from image2model.jobs.model import Item, ItemState, Job, Mode
 from image2model.jobs.endings import item_ended
-from image2model.jobs.fairness import Enqueue, plan_turns, share_of
+from image2model.jobs.fairness import EnqueueMany, plan_turns, share_of
 from image2model.jobs.store import JobStore
 from image2model.media.images import inspect_image
 from image2model.metrics import ITEMS_CREATED, JOBS_CREATED, refusals_counted
@@ -59,11 +59,11 @@ class Upload:
 
 class JobService:
     def __init__(self, store: JobStore, files: FileStore, settings: Settings,
-                 enqueue: Enqueue, seal: Callable[[str], str] | None = None):
+                 enqueue_many: EnqueueMany, seal: Callable[[str], str] | None = None):
         self.store = store
         self.files = files
         self.settings = settings
-        self.enqueue = enqueue
+        self.enqueue_many = enqueue_many  # a job's tasks go in one write, so its photos start together
         self.seal = seal  # seals a person's own FAL key before it is stored (image2model/sealing.py)
         # job id -> (version, fresh until (wall clock), owner, body)
         self._status_cache: OrderedDict[str, tuple[int, float, str, bytes]] = OrderedDict()
@@ -166,8 +166,7 @@ class JobService:
                 self._unqueued.pop(job.id, None)
                 stored = self.store.get(job.id)
             turns = {item.index: item.turn for item in (stored or job).items}
-            for item in job.items:
-                self.enqueue(job.id, item.index, turns.get(item.index, item.turn))
+            self.enqueue_many([(job.id, item.index, turns.get(item.index, item.turn)) for item in job.items])
         except Exception:  # noqa: BLE001 - said by the caller, or left to the reaper
             log.exception("enqueue failed", extra={"job_id": job.id})
             return False
@@ -191,9 +190,9 @@ class JobService:
         fails: the moved photos are still queued records."""
         try:
             for job_id, turns in moved.items():
-                for index in self.store.move_turns(job_id, turns):
-                    if job_id not in self._unqueued:
-                        self.enqueue(job_id, index, turns[index])
+                indexes = self.store.move_turns(job_id, turns)
+                if job_id not in self._unqueued:
+                    self.enqueue_many([(job_id, index, turns[index]) for index in indexes])
         except Exception:  # noqa: BLE001 - the photos keep their place in the store
             log.exception("moving turns failed", extra={"job_ids": sorted(moved)})
 

@@ -15,11 +15,14 @@ another process added.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
+from collections.abc import Sequence
 
 import redis
 from huey import Huey, PriorityRedisHuey, SqliteHuey
+from huey.api import TaskWrapper
 from huey.storage import RedisPriorityQueue, RedisStorage, SqliteStorage
 
 from image2model.config import Settings
@@ -49,10 +52,16 @@ class WakingSqliteStorage(SqliteStorage):
         self._pending_wakeups = 0
 
     def enqueue(self, data, priority=None):  # noqa: ANN001, ANN201
-        super().enqueue(data, priority)
+        self.enqueue_many([(data, priority)])
+
+    def enqueue_many(self, messages: Sequence[tuple[bytes, int | None]]) -> None:
+        """All in one transaction (huey's own insert, for many), then one worker woken for each."""
+        with self.db(commit=True) as cursor:
+            cursor.executemany("insert into task (queue, data, priority) values (?, ?, ?)",
+                               [(self.name, self.to_blob(data), priority or 0) for data, priority in messages])
         with self._arrived:
-            self._pending_wakeups += 1
-            self._arrived.notify()
+            self._pending_wakeups += len(messages)
+            self._arrived.notify(len(messages))
 
     def dequeue(self):  # noqa: ANN201
         task = super().dequeue()
@@ -88,6 +97,13 @@ class PatientRedisStorage(RedisPriorityQueue, RedisStorage):
     def dequeue(self):  # noqa: ANN201
         return self._quietly(super().dequeue, None)
 
+    def enqueue_many(self, messages: Sequence[tuple[bytes, int | None]]) -> None:
+        """One ZADD for all, members made as huey's `enqueue` makes them (a microsecond stamp
+        first, so equal priorities keep their order: here one microsecond apart)."""
+        stamp = int(time.time() * 1e6)
+        self.conn.zadd(self.queue_key, {struct.pack(">Q", stamp + n) + data: 0 if priority is None else -priority
+                                        for n, (data, priority) in enumerate(messages)})
+
     def read_schedule(self, ts):  # noqa: ANN001, ANN201
         return self._quietly(lambda: super(PatientRedisStorage, self).read_schedule(ts), [])
 
@@ -95,6 +111,15 @@ class PatientRedisStorage(RedisPriorityQueue, RedisStorage):
         """After every task huey deletes its revocation key; a task that ends as Redis goes
         away (they are short: FAL waits belong to the watcher) must not log a traceback."""
         return self._quietly(lambda: super(PatientRedisStorage, self).delete_data(key), False)
+
+
+def enqueue_items(huey: Huey, run_item: TaskWrapper, entries: Sequence[tuple[str, int, int | None]]) -> None:
+    """Queue the tasks of many items at once: a job's 25 queued one by one took 7-11 ms each
+    under load (a transaction each), and each photo started only when its own task arrived.
+    Made as huey's `enqueue` makes them (this app uses neither its signals nor its results)."""
+    tasks = [run_item.s(job_id, index, turn, priority=item_priority(index, turn)) for job_id, index, turn in entries]
+    if tasks:
+        huey.storage.enqueue_many([(huey.serialize_task(task), task.priority) for task in tasks])
 
 
 def make_huey(settings: Settings) -> Huey:
