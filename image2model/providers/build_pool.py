@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from image2model.children import child_env
 from image2model.errors import AppError
 from image2model.providers.base import ItemFailed
 
@@ -81,13 +82,6 @@ def serve(requests: Connection, answers: Connection) -> None:
             answers.send(("failed", exc.code, exc.message))
         except Exception as exc:  # noqa: BLE001 - told to the item, the process lives on
             answers.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
-
-
-def child_env() -> dict[str, str]:
-    """This environment, with this package importable wherever the parent was started from."""
-    root = str(Path(__file__).resolve().parents[2])
-    path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
 
 
 class BuildProcess:

@@ -16,9 +16,8 @@ from image2model.jobs.model import OPEN_OWNER, Job
 from image2model.jobs.service import JobService, Upload
 from image2model.media.archive import write_zip
 from image2model.media.images import image_extension
-from image2model.media.meshes import convert
-from image2model.media.render import render_thumbnail
-from image2model.storage import FileStore, safe_name
+from image2model.media.mesh_jobs import converted_model, exports_dir, thumbnail
+from image2model.storage import FileStore
 from image2model.web.page.view import model_file, preview_file, shows_cutout
 
 
@@ -64,29 +63,15 @@ def uploads_from(files: Sequence[Any] | None) -> list[Upload]:
     return uploads
 
 
-def exports_dir(files: FileStore, job_id: str) -> Path:
-    return files.job_dir(job_id) / "exports"
-
-
-def _fresh(target: Path, source: Path) -> bool:
-    return target.is_file() and target.stat().st_mtime >= source.stat().st_mtime
-
-
 def export_model(service: JobService, files: FileStore, job_id: str, index: int, fmt: str) -> Path:
     """The model of item `index` as `fmt` (glb, obj as a zip with its texture, stl, ply)."""
     job = service.get(job_id, OPEN_OWNER)
     if not 0 <= index < len(job.items) or job.items[index].model_file is None:
         raise AppError("file_not_found", "That model is not ready yet.", 404)
     source = files.result_path(job_id, job.items[index].model_file.name)
-    fmt = fmt.lower()
-    if fmt == "glb":
+    if fmt.lower() == "glb":
         return source
-    suffix = ".obj.zip" if fmt == "obj" else f".{fmt}"
-    target = exports_dir(files, job_id) / safe_name(f"{source.stem}{suffix}")
-    if not _fresh(target, source):
-        data, _, _ = convert(source, fmt)
-        files.write_atomic(target, [data])
-    return target
+    return converted_model(files, job_id, source, fmt)[0]
 
 
 def gallery_picture(files: FileStore, job_id: str, item: dict[str, Any]) -> Path:
@@ -97,10 +82,7 @@ def gallery_picture(files: FileStore, job_id: str, item: dict[str, Any]) -> Path
     if preview is not None and not shows_cutout(item):
         return files.result_path(job_id, preview["name"])
     source = files.result_path(job_id, model_file(item)["name"])  # type: ignore[index]
-    target = exports_dir(files, job_id) / safe_name(f"{source.stem}.thumbnail.png")
-    if not _fresh(target, source):
-        files.write_atomic(target, [render_thumbnail(source, THUMBNAIL_SIDE)])
-    return target
+    return thumbnail(files, job_id, source, THUMBNAIL_SIDE)
 
 
 def result_paths(files: FileStore, job: Job) -> list[Path]:

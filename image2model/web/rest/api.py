@@ -362,7 +362,7 @@ def _download_routes(router: APIRouter, api: Api) -> None:
         if downloads.not_modified(if_none_match, etag, if_modified_since, info):
             return Response(status_code=304, headers={"ETag": etag, "Cache-Control": downloads.CACHE_CONTROL})
         if variant:
-            return downloads.converted_response(path, job, filename, variant, etag)
+            return downloads.converted_response(api.runtime.files, path, job, filename, variant, etag)
         _, result = downloads.find_result(job, filename)
         return downloads.file_response(path, info, filename, result.content_type, etag)
 

@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from image2model.errors import AppError
 from image2model.jobs.model import Item, Job, ResultFile
 from image2model.media.archive import zip_results
-from image2model.media.meshes import convert
+from image2model.media.mesh_jobs import converted_model
 from image2model.storage import FileStore
 from image2model.web.envelope import error_response
 
@@ -104,16 +104,14 @@ def file_response(path: Path, info: os.stat_result, name: str, content_type: str
     return RangeFileResponse(path, media_type=content_type, filename=name, stat_result=info, headers=headers)
 
 
-def converted_response(path: Path, job: Job, name: str, fmt: str, etag: str) -> Response:
-    """The model in another format, built on demand (meshes.convert)."""
+def converted_response(files: FileStore, path: Path, job: Job, name: str, fmt: str, etag: str) -> Response:
+    """The model in another format, made on first demand in a child process and kept."""
     _, result = find_result(job, name)
     if result.kind != "model":
         raise AppError("unsupported_format", f"Only models can be converted; '{name}' is a {result.kind}.", 400,
                        {"name": name})
-    data, filename, content_type = convert(path, fmt)
-    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL,
-               "Content-Disposition": f'attachment; filename="{filename}"'}
-    return Response(data, media_type=content_type, headers=headers)
+    converted, filename, content_type = converted_model(files, job.id, path, fmt)
+    return file_response(converted, converted.stat(), filename, content_type, etag)
 
 
 def listed_paths(files: FileStore, job: Job) -> list[Path]:
