@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from bench.common import (AppProcess, distinct_images, fake_fal, fal_sized_glb, parse_args, proc_status_kb, report,
-                          reset_peak_rss, temp_dir)
+from bench.common import (AppProcess, distinct_images, fake_fal, parse_args, proc_status_kb, report, reset_peak_rss,
+                          temp_dir)
+from tests.fakefal import fal_sized_glb
 
 
 def run_job(app: AppProcess, images: list, model: str) -> dict:

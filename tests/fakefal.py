@@ -276,6 +276,26 @@ def _rainbow_texture(width: int = 512, height: int = 256) -> "Any":
 
 
 @functools.lru_cache(maxsize=1)
+def fal_sized_glb(subdivisions: int = 7, texture_px: int = 2048) -> bytes:
+    """A model the size FAL's make (Trellis 2 and Hunyuan3D aim at 500k faces, 2048 px
+    textures): an icosphere of 327,680 faces, one vertex per face corner as a UV atlas leaves
+    them, UVs and a textured material; about 30 MB. The fake's own sample is a 2,304-face
+    sphere, far lighter to download and check than anything FAL sends."""
+    import numpy as np
+    import trimesh
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    sphere = trimesh.creation.icosphere(subdivisions=subdivisions)
+    corners = sphere.vertices[sphere.faces].reshape(-1, 3) + rng.normal(0, 0.002, (len(sphere.faces) * 3, 3))
+    shade = np.linspace(0, 255, texture_px, dtype=np.float32)
+    pixels = np.stack([np.add.outer(shade, shade) / 2, np.tile(shade, (texture_px, 1)),
+                       rng.integers(0, 40, (texture_px, texture_px))], -1).astype(np.uint8)
+    visual = trimesh.visual.TextureVisuals(uv=rng.random((len(corners), 2)), image=Image.fromarray(pixels))
+    mesh = trimesh.Trimesh(corners, np.arange(len(corners)).reshape(-1, 3), visual=visual, process=False)
+    return mesh.export(file_type="glb")
+
+
 def sample_glb() -> bytes:
     """A UV sphere with the rainbow texture, exported as binary glTF."""
     import numpy as np

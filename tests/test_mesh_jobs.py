@@ -19,7 +19,7 @@ from PIL import Image
 from image2model.errors import AppError
 from image2model.media.mesh_jobs import converted_model, exports_dir, thumbnail
 from image2model.storage import FileStore
-from tests.fakefal import sample_glb
+from tests.fakefal import fal_sized_glb, sample_glb
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = "a" * 32
@@ -97,3 +97,17 @@ def test_what_the_child_makes_is_what_the_converter_makes(tmp_path: Path) -> Non
     direct = trimesh.load(io.BytesIO(convert(source, "ply")[0]), file_type="ply")
     via_child = trimesh.load(made, file_type="ply")
     assert (len(via_child.vertices), len(via_child.faces)) == (len(direct.vertices), len(direct.faces))
+
+
+def test_a_conversion_that_takes_too_long_is_stopped_and_leaves_nothing(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child is killed at TIMEOUT_SECONDS (here a model of 327,680 faces against 0.3 s:
+    its OBJ takes about 10 s), and the request is told so, with no half file kept."""
+    from image2model.media import mesh_jobs
+
+    files, source = stored_model(tmp_path, fal_sized_glb(7, 64))
+    monkeypatch.setattr(mesh_jobs, "TIMEOUT_SECONDS", 0.3)
+    with pytest.raises(AppError) as caught:
+        converted_model(files, JOB, source, "obj")
+    assert caught.value.code == "conversion_failed" and "was stopped" in caught.value.message
+    assert not exports_dir(files, JOB).exists() or not list(exports_dir(files, JOB).iterdir())

@@ -27,7 +27,7 @@ from image2model.storage import FileStore, safe_name
 
 CPU_COUNT = max(1, os.cpu_count() or 1)
 SLOTS = threading.BoundedSemaphore(CPU_COUNT)
-TIMEOUT_SECONDS = 600.0  # an OBJ of a 1.5-million-face model takes about a minute
+TIMEOUT_SECONDS = 600.0  # then the child is killed (an OBJ of a 1.5-million-face model takes about a minute)
 CHUNK = 1024 * 1024
 FAILED = 3  # the child's exit status when it could not make the file (its reason on stderr, JSON)
 
@@ -70,20 +70,24 @@ def made(files: FileStore, source: Path, target: Path, job: list[str]) -> Path:
             with tempfile.TemporaryFile() as errors, \
                     subprocess.Popen([sys.executable, "-m", __name__, str(source), *job], env=child_env(),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors) as child:
-                files.write_atomic(target, output_of(child, errors))
+                overdue = threading.Timer(TIMEOUT_SECONDS, child.kill)
+                overdue.start()
+                try:
+                    files.write_atomic(target, output_of(child, errors, overdue))
+                finally:
+                    overdue.cancel()
     return target
 
 
-def output_of(child: subprocess.Popen, errors: IO[bytes]) -> Iterator[bytes]:
+def output_of(child: subprocess.Popen, errors: IO[bytes], overdue: threading.Timer) -> Iterator[bytes]:
     """The child's output; raises before the end (so nothing is kept) when it failed."""
     assert child.stdout is not None
     while chunk := child.stdout.read(CHUNK):
         yield chunk
-    try:
-        status = child.wait(TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired as exc:
-        child.kill()
-        raise AppError("conversion_failed", "Making this file took too long.", 500) from exc
+    status = child.wait()
+    if status < 0 and overdue.finished.is_set():
+        raise AppError("conversion_failed", f"Making this file took longer than {TIMEOUT_SECONDS / 60:.0f} minutes, "
+                       "so it was stopped.", 500)
     errors.seek(0)
     error = errors.read().decode("utf-8", "replace").strip()
     if status == FAILED:
