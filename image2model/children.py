@@ -1,9 +1,12 @@
-"""What every child process of the app starts with."""
+"""Child processes of the app: the environment they start with, and how many may work at
+once (one a core: offline builds, conversions, thumbnails)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+CPU_COUNT = max(1, os.cpu_count() or 1)
 
 
 def child_env() -> dict[str, str]:

@@ -180,7 +180,10 @@ BROKEN: dict[str, tuple[Callable[[], bytes], str]] = {
         lambda: edited(lambda d: set_path(d, "meshes", 0, "primitives", 0, "mode", 0)), "no triangles"),
     "no meshes": (lambda: edited(lambda d: d.update(meshes=[], nodes=[{}])), "no triangles"),
     "a node that is its own child": (
-        lambda: edited(lambda d: set_path(d, "nodes", 0, "children", [0])), "a cycle"),
+        lambda: edited(lambda d: set_path(d, "nodes", 0, "children", [0])), "not a tree"),
+    "a child shared by every level (2^60 paths)": (
+        lambda: edited(lambda d: d.update(nodes=[{"children": [n + 1, n + 1]} for n in range(60)] + [{"mesh": 0}],
+                                          scenes=[{"nodes": [0]}])), "not a tree"),
     "a description of the wrong shape": (
         lambda: edited(lambda d: d.update(accessors={"count": 3})), "malformed"),
     "a mesh index out of range": (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from image2model.jobs.model import ItemState, JobState
 from image2model.providers.base import WAITING_FOR_CPU
-from image2model.providers.local import CPU_COUNT
+from image2model.children import CPU_COUNT
 from tests.engine_helpers import uploads_for, wait_done, wait_until
 from image2model.jobs.service import Upload
 from tests.imagefactory import product_photo

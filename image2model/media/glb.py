@@ -29,7 +29,6 @@ MAX_JSON_BYTES = 8 * 1024 * 1024  # a FAL model's JSON is a few KB; this bounds 
 COMPONENT_BYTES = {5120: 1, 5121: 1, 5122: 2, 5123: 2, 5125: 4, 5126: 4}
 TYPE_COMPONENTS = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT2": 4, "MAT3": 9, "MAT4": 16}
 TRIANGLES, TRIANGLE_STRIP, TRIANGLE_FAN = 4, 5, 6
-MAX_NODE_DEPTH = 64  # deeper than any real model; stops a node cycle in a hostile file
 
 
 def invalid(why: str) -> AppError:
@@ -99,7 +98,7 @@ def describe(doc: dict[str, Any], bin_length: int | None) -> dict[str, Any]:
     textured = False
     corners: list[list[float]] = []
     bounded = True
-    for mesh_index in sorted({index for index, _ in instances}):
+    for mesh_index, worlds in sorted(instances.items()):
         for primitive in meshes[mesh_index].get("primitives") or []:
             counted = primitive_counts(primitive, accessors)
             if counted is None:
@@ -111,9 +110,7 @@ def describe(doc: dict[str, Any], bin_length: int | None) -> dict[str, Any]:
             if not (isinstance(low, list) and isinstance(high, list) and len(low) == len(high) == 3):
                 bounded = False
                 continue
-            for index, world in instances:
-                if index == mesh_index:
-                    corners += [apply(world, corner) for corner in box_corners(low, high)]
+            corners += [apply(world, corner) for world in worlds for corner in box_corners(low, high)]
     if faces == 0:
         raise AppError("invalid_model", "The model file contains no triangles.", 502)
     extents = None
@@ -167,28 +164,28 @@ def check_accessors(doc: dict[str, Any]) -> None:
             raise invalid("an accessor reads past the data it points to")
 
 
-def mesh_instances(doc: dict[str, Any]) -> list[tuple[int, list[list[float]]]]:
-    """(mesh, world matrix) for every node of the default scene that shows a mesh; every mesh
-    once, untransformed, when the file has no scene."""
+def mesh_instances(doc: dict[str, Any]) -> dict[int, list[list[list[float]]]]:
+    """Each mesh shown by the default scene, with the world matrix of every node showing it;
+    every mesh once, untransformed, when the file has no scene. glTF's nodes form trees (a node
+    has one parent at most), so a node reached twice is refused: a cycle or a shared child would
+    otherwise be walked without end, or exponentially often."""
     nodes = doc.get("nodes") or []
     scenes = doc.get("scenes") or []
     if not scenes:
-        return [(index, identity()) for index in range(len(doc.get("meshes") or []))]
-    scene = scenes[int(doc.get("scene", 0))]
-    found: list[tuple[int, list[list[float]]]] = []
-
-    def visit(index: int, parent: list[list[float]], depth: int) -> None:
-        if depth > MAX_NODE_DEPTH:
-            raise invalid("its node tree is deeper than any model's (a cycle?)")
+        return {index: [identity()] for index in range(len(doc.get("meshes") or []))}
+    found: dict[int, list[list[list[float]]]] = {}
+    seen: set[int] = set()
+    pending = [(int(root), identity()) for root in scenes[int(doc.get("scene", 0))].get("nodes") or []]
+    while pending:
+        index, parent = pending.pop()
+        if index in seen:
+            raise invalid("its node tree is not a tree (a node with two parents, or its own ancestor)")
+        seen.add(index)
         node = nodes[index]
         world = multiply(parent, local_matrix(node))
         if "mesh" in node:
-            found.append((int(node["mesh"]), world))
-        for child in node.get("children") or []:
-            visit(int(child), world, depth + 1)
-
-    for root in scene.get("nodes") or []:
-        visit(int(root), identity(), 0)
+            found.setdefault(int(node["mesh"]), []).append(world)
+        pending += [(int(child), world) for child in node.get("children") or []]
     return found
 
 

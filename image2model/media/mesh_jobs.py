@@ -11,7 +11,6 @@ streamed into the file store, kept beside the job, and made once.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,12 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from image2model.children import child_env
+from image2model.children import CPU_COUNT, child_env
 from image2model.errors import AppError
 from image2model.media.meshes import CONVERSIONS
 from image2model.storage import FileStore, safe_name
 
-CPU_COUNT = max(1, os.cpu_count() or 1)
 SLOTS = threading.BoundedSemaphore(CPU_COUNT)
 TIMEOUT_SECONDS = 600.0  # then the child is killed (an OBJ of a 1.5-million-face model takes about a minute)
 CHUNK = 1024 * 1024

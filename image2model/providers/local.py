@@ -8,10 +8,10 @@ builds use every core and leave the web server's; 0 builds in the worker thread 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
+from image2model.children import CPU_COUNT
 from image2model.memory import release_free_memory
 from image2model.providers.base import WAITING_FOR_CPU, ItemRun, ProviderOutput
 from image2model.providers.build_pool import Built, build, shared_pool
@@ -21,7 +21,6 @@ NOTHING_STOOD_OUT = ("Nothing stood out from the background, so the whole photo 
                      "For a model of the object, try a photo on a plainer background, or a cut-out PNG "
                      "with a transparent background.")
 
-CPU_COUNT = max(1, os.cpu_count() or 1)
 CPU_SLOTS = threading.BoundedSemaphore(CPU_COUNT)
 MAX_INPUT_SIDE = 2048
 

@@ -24,7 +24,8 @@ from image2model.jobs.model import OPEN_OWNER
 from image2model.jobs.store import StoreUnavailable
 from image2model.media.images import browser_preview
 from image2model.providers.catalog import LOCAL_MODEL, ModelSpec, catalog
-from image2model.providers.local import CPU_COUNT, NOTHING_STOOD_OUT
+from image2model.children import CPU_COUNT
+from image2model.providers.local import NOTHING_STOOD_OUT
 from image2model.runtime import Runtime
 from image2model.units import size_text
 from image2model.web.security import ApiSecurity
