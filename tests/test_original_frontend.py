@@ -131,7 +131,9 @@ def run_frontend(browser: Any, frontend: FrontendOrigin, server: Any, key: str, 
     try:
         page = context.new_page()
         page.goto(frontend.origin + "/upload")
-        files = [{"name": name, "b64": base64.b64encode(png(seed)).decode()}
+        # photos big enough that a build takes a few stream events (0.2 s; 96x72 took 28 ms, and
+        # the stream could see a photo only waiting and then done)
+        files = [{"name": name, "b64": base64.b64encode(png(seed, (1600, 1200))).decode()}
                  for name, seed in (("chair.png", 1), ("table.png", 2))]
         return page.evaluate(FRONTEND_JS, {"base": f"{server.url}/api/v1", "key": key, "files": files,
                                            "streamBy": stream_by, "keepOpen": keep_open})
